@@ -1,0 +1,100 @@
+"""One real ComfyUI server per test session, headless on 127.0.0.1, with this pack linked into a temp
+custom_nodes/ folder and tiny random-weight models in a temp models folder (recipe:
+../shared/reference/comfyui_ci_recipe.md)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_client import (REPO_ROOT, ComfyClient, ComfyServer, ServerError, default_comfy_dir,  # noqa: E402
+                          write_extra_model_paths)
+
+MAKE_TINY = REPO_ROOT / "tools" / "make_tiny_models.py"
+_server_log: list[Path] = []
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def make_tiny_models(out_dir: Path) -> None:
+    """tools/make_tiny_models.py OUT_DIR writes one sub-folder per ComfyUI model folder key."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not MAKE_TINY.is_file():
+        if in_ci():
+            pytest.fail(f"{MAKE_TINY} is missing: the real-server tests need its tiny models")
+        return
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(MAKE_TINY), str(out_dir)], cwd=str(REPO_ROOT), env=env,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.fail(f"tools/make_tiny_models.py failed (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models_tiny")
+    make_tiny_models(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, tiny_models_dir):
+    comfy_dir = default_comfy_dir()
+    if not (comfy_dir / "main.py").is_file():
+        msg = f"no ComfyUI at {comfy_dir}: run `bash tools/bootstrap.sh` (or set COMFYUI_PATH)"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    base = tmp_path_factory.mktemp("comfy_base")
+    yaml_path = base / "extra_model_paths.yaml"
+    write_extra_model_paths(yaml_path, tiny_models_dir)
+    server = ComfyServer(base, comfy_dir=comfy_dir, extra_model_paths=yaml_path)
+    _server_log.append(server.log_path)
+    try:
+        server.start()
+    except ServerError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+        keep = REPO_ROOT / "out"
+        keep.mkdir(exist_ok=True)
+        shutil.copy(server.log_path, keep / "comfyui_server.log")
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_server) -> ComfyClient:
+    """An HTTP/websocket client bound to the session's server."""
+    return ComfyClient(comfy_server.url)
+
+
+@pytest.fixture
+def server_alive(comfy_server, comfy):
+    """Use in tests that abuse the server: after the test, the server still answers."""
+    yield comfy_server
+    assert comfy_server.alive(), "ComfyUI died during the test\n" + comfy_server.log_tail()
+    comfy.system_stats()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _server_log or not (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
+        return
+    log = _server_log[-1]
+    kept = REPO_ROOT / "out" / "comfyui_server.log"
+    terminalreporter.section("ComfyUI server log (tail)")
+    src = kept if kept.exists() else log
+    try:
+        lines = src.read_text(errors="replace").splitlines()[-150:]
+    except FileNotFoundError:
+        lines = ["(no log)"]
+    terminalreporter.write_line(f"full log: {src}")
+    for ln in lines:
+        terminalreporter.write_line(ln)
