@@ -1,0 +1,62 @@
+"""CAM, the conditional attention module (short-term memory): a ControlNet-like copy of the UNet3D
+encoder that reads the previous chunk's last frames (official key names under `unet.`).
+
+It runs on the first 8 noisy latent frames of the chunk with text-only context; the conditioning
+frames, as pixels in [-1, 1], pass through a small conv encoder whose output is added after
+`transformer_in`. Its 12 skip features and the mid feature go to the base UNet's mergers unchanged
+(the official "zero convs" on the outputs are identities).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet import build_diffusers_unet, time_embedding, unet_encoder_forward, use_sdpa
+
+
+class ConditioningFrameEncoder(nn.Module):
+    """Pixels (N, 3, H, W) in [-1, 1] -> features (N, C0, H/8, W/8): conv + SiLU, then per level a conv
+    and a stride-2 conv, each + SiLU, then conv_out (zero-initialised in the official model)."""
+
+    def __init__(self, channels: list, out_channels: int, in_channels: int = 3):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        blocks = []
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            blocks.append(nn.Conv2d(c_in, c_in, 3, padding=1))
+            blocks.append(nn.Conv2d(c_in, c_out, 3, padding=1, stride=2))
+        self.blocks = nn.ModuleList(blocks)
+        self.conv_out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.conv_in(x))
+        for conv in self.blocks:
+            x = F.silu(conv(x))
+        return self.conv_out(x)
+
+
+class CAM(nn.Module):
+    def __init__(self, unet_config: dict, cond_channels: list):
+        super().__init__()
+        ref = build_diffusers_unet(unet_config)
+        for name in ("conv_in", "time_proj", "time_embedding", "transformer_in", "down_blocks", "mid_block"):
+            setattr(self, name, getattr(ref, name))
+        del ref
+        self.controlnet_cond_embedding = ConditioningFrameEncoder(cond_channels, unet_config["block_out_channels"][0])
+        use_sdpa(self)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, cond_frames: torch.Tensor):
+        """sample: (B, C, F, h, w) noisy latents (only the first Fc frames are read); text: (B, 77, D);
+        cond_frames: (B, Fc, 3, H, W) pixels in [-1, 1]. Returns (12 skip features, mid feature), each
+        (B*Fc, C, h', w')."""
+        b, fc = cond_frames.shape[:2]
+        x = sample[:, :, :fc]
+        h, w = x.shape[-2:]
+        x = x.permute(0, 2, 1, 3, 4).reshape(b * fc, -1, h, w)
+        emb = time_embedding(self, timestep, b, fc, self.conv_in.weight.dtype)
+        cond = self.controlnet_cond_embedding(cond_frames.reshape(b * fc, *cond_frames.shape[2:]).to(x.dtype))
+        mid, skips = unet_encoder_forward(self, x, emb, text, fc, after_transformer_in=lambda s: s + cond)
+        return skips, mid

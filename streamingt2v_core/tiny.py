@@ -1,0 +1,60 @@
+"""Random-weight models in the official layouts, for tests and the demo (no weights to download).
+
+`regenerate(manifest)` rebuilds the oracle's tiny checkpoint bit for bit: the oracle was recorded from
+the official code with weights drawn by this rule (see tests/data/oracle/README.md).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+SEED = 20240601
+LOGIT_SCALE = 2.6592600345611572  # ln(1 / 0.07) in float32, kept as open_clip initialises it
+
+
+def read_manifest(path) -> list:
+    """(key, shape, dtype) rows of a `key<TAB>shape<TAB>dtype<TAB>numel` manifest."""
+    rows = []
+    with open(path) as f:
+        next(f)
+        for line in f:
+            key, shape, dtype, _ = line.rstrip("\n").split("\t")
+            rows.append((key, [int(x) for x in shape.strip("[]").split(",") if x.strip()], dtype))
+    return rows
+
+
+def regenerate(rows, seed: int = SEED) -> dict:
+    """One generator, keys in sorted order: ndim >= 2 -> N(0,1)/sqrt(fan_in); 1-D `*weight` -> 1 + 0.1 N;
+    other 1-D -> 0.05 N; scalar `*alpha` -> 0.75 + 0.25 N (non-zero, so the APM mixing is active);
+    scalar `logit_scale` -> ln(1/0.07) without a draw."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape, dtype in sorted(rows):
+        if dtype != "float32":
+            raise ValueError(f"{key}: manifest dtype {dtype}, expected float32")
+        if len(shape) >= 2:
+            t = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+        elif len(shape) == 1:
+            scale, offset = (0.1, 1.0) if key.endswith("weight") else (0.05, 0.0)
+            t = offset + scale * torch.randn(shape, generator=g)
+        elif key.endswith("alpha"):
+            t = 0.75 + 0.25 * torch.randn((), generator=g)
+        else:
+            t = torch.tensor(LOGIT_SCALE)
+        out[key] = t.float().contiguous()
+    return out
+
+
+def content_hash(state: dict) -> str:
+    """sha256 over sorted keys, shapes, dtypes and raw bytes (the oracle README's hash)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
