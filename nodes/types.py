@@ -1,0 +1,95 @@
+"""The pack's own socket types (only what ComfyUI has no type for) and the values they carry.
+
+Values are never mutated after a node returns them: ComfyUI caches node outputs and hands the same
+object to every consumer, so a node that extends a stream builds a new one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+StreamingT2VModel = io.Custom("STREAMINGT2V_MODEL")  # the stage-2 model (CAM, APM, text encoder, VAE)
+ModelScopeUNet = io.Custom("STREAMINGT2V_T2V_UNET")  # the stage-1 ModelScope text-to-video UNet
+APMAnchor = io.Custom("STREAMINGT2V_APM")  # the appearance anchor: APM tokens
+Stream = io.Custom("STREAMINGT2V_STREAM")  # a resumable video: frames so far, chunk boundaries, anchor
+
+CHUNK_NEW_FRAMES = 8  # every CAM chunk is 16 frames; the first 8 regenerate the previous chunk's tail
+
+
+@dataclass(frozen=True, eq=False)
+class Anchor:
+    """APM tokens of one anchor image, and that image (for previews and the info text)."""
+    tokens: torch.Tensor  # (1, 16, D) float32, CPU
+    image: torch.Tensor  # (1, H, W, 3) float32 in [0, 1], CPU (ComfyUI IMAGE layout)
+    source: str  # where it came from, e.g. "frame 0 of 16"
+
+
+@dataclass(frozen=True, eq=False)
+class StreamState:
+    """A video being streamed, kept as the official code joins it: chunk 0 whole, then the new frames of
+    every later chunk. Each entry is an IMAGE tensor [n, H, W, 3], float32 in [0, 1], on the CPU. Extending
+    shares the earlier tensors with the input state instead of copying them."""
+    chunks: tuple
+    prompts: tuple = ()  # the prompt of each chunk ("" for frames that came from elsewhere)
+    anchor: Anchor | None = None  # the anchor the stream was extended with so far (None: frame 0)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(int(c.shape[0]) for c in self.chunks)
+
+    @property
+    def height(self) -> int:
+        return int(self.chunks[0].shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.chunks[0].shape[2])
+
+    @property
+    def boundaries(self) -> list:
+        """Index of the first frame of every chunk."""
+        out, n = [], 0
+        for c in self.chunks:
+            out.append(n)
+            n += int(c.shape[0])
+        return out
+
+    def frames(self) -> torch.Tensor:
+        """All frames as one IMAGE [N, H, W, 3] (a new tensor unless there is a single chunk)."""
+        return self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
+
+    def tail(self, n: int) -> torch.Tensor:
+        """The last n frames as (n, 3, H, W): the CAM's conditioning frames."""
+        parts, left = [], n
+        for c in reversed(self.chunks):
+            take = min(left, int(c.shape[0]))
+            parts.append(c[c.shape[0] - take:])
+            left -= take
+            if left == 0:
+                break
+        if left:
+            raise ValueError(f"the stream has {self.num_frames} frames, {n} are needed")
+        return torch.cat(parts[::-1]).permute(0, 3, 1, 2)
+
+    def frame(self, index: int) -> torch.Tensor:
+        """One frame as IMAGE [1, H, W, 3]."""
+        for start, c in zip(self.boundaries, self.chunks):
+            if index < start + c.shape[0]:
+                return c[index - start:index - start + 1]
+        raise IndexError(index)
+
+    def extended(self, new_chunks, prompts, anchor: Anchor | None) -> "StreamState":
+        return StreamState(chunks=self.chunks + tuple(new_chunks), prompts=self.prompts + tuple(prompts),
+                           anchor=anchor)
+
+
+def image_to_frames(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE [N, H, W, C] to (N, 3, H, W) float32 (alpha dropped)."""
+    return image[..., :3].permute(0, 3, 1, 2).float()
+
+
+def frames_to_image(frames: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) to IMAGE [N, H, W, 3] float32 on the CPU, contiguous."""
+    return frames.detach().permute(0, 2, 3, 1).float().cpu().contiguous()
