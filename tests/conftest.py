@@ -43,3 +43,32 @@ def tiny_ckpt() -> Path:
 @pytest.fixture(scope="session")
 def tiny_config() -> Path:
     return ORACLE / "tiny_config.json"
+
+
+# The real-ComfyUI fixtures (comfy_server, comfy, tiny_models_dir), shared by tests/comfy and tests/browser.
+import sys as _sys  # noqa: E402
+
+_sys.path.insert(0, str(ROOT / "tests" / "comfy"))
+pytest_plugins = ["server_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt):
+    """The tiny oracle model in fp32 on CPU (shared: tests must not modify it)."""
+    import streamingt2v_core as st
+
+    return st.load_streamingt2v(str(tiny_ckpt))
+
+
+@pytest.fixture(scope="session")
+def ref_io():
+    from safetensors.torch import load_file
+
+    return load_file(str(ORACLE / "ref_io.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def ref_long():
+    from safetensors.torch import load_file
+
+    return load_file(str(ORACLE / "ref_long.safetensors"))
