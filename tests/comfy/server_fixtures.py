@@ -1,6 +1,6 @@
-"""One real ComfyUI server per test session, headless on 127.0.0.1, with this pack linked into a temp
-custom_nodes/ folder and tiny random-weight models in a temp models folder (recipe:
-../shared/reference/comfyui_ci_recipe.md)."""
+"""Pytest plugin (registered in tests/conftest.py): one real ComfyUI server per test session, headless on
+127.0.0.1, with this pack linked into a temp custom_nodes/ folder and tiny random-weight models in a temp
+models folder (recipe: ../shared/reference/comfyui_ci_recipe.md). Shared by tests/comfy and tests/browser."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_client import (REPO_ROOT, ComfyClient, ComfyServer, ServerError, default_comfy_dir,  # noqa: E402
+from comfy_client import (REPO_ROOT, ComfyClient, ComfyServer, ServerError, default_comfy_dir,
                           write_extra_model_paths)
 
 MAKE_TINY = REPO_ROOT / "tools" / "make_tiny_models.py"
@@ -98,3 +97,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(f"full log: {src}")
     for ln in lines:
         terminalreporter.write_line(ln)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark tests by folder, so `-m "not browser"` or `-m comfy` select them."""
+    for item in items:
+        try:
+            top = Path(str(item.fspath)).resolve().relative_to(REPO_ROOT / "tests").parts[0]
+        except ValueError:
+            continue
+        if top in ("browser", "comfy"):
+            item.add_marker(getattr(pytest.mark, top))
