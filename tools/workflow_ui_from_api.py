@@ -1,0 +1,75 @@
+"""Write the UI-format twin of each API-format workflow, made by the real ComfyUI frontend.
+
+    python tools/workflow_ui_from_api.py [workflows/NAME_api.json ...]
+
+Starts ComfyUI headless with the pack and tiny models (tools/make_tiny_models.py), opens the frontend in
+headless Chromium, loads each NAME_api.json with `app.loadApiJson`, lays the graph out, and saves
+`app.graph.serialize()` as NAME.json. It then checks that `app.graphToPrompt()` of the result equals the
+API file, so the pair stays in step whenever a node's inputs change.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "comfy"))
+
+from comfy_client import ComfyServer, strip_meta, write_extra_model_paths  # noqa: E402
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
+
+CONVERT = """async ([api, title]) => {
+  await window.app.loadApiJson(api, title);
+  const graph = window.app.graph;
+  // one row from left to right in execution order, readable at a glance
+  const order = graph.computeExecutionOrder(false);
+  let x = 40;
+  for (const node of order) {
+    node.pos = [x, 80];
+    x += Math.max(node.size[0], 260) + 40;
+    // seeds stay as written (33 reproduces the official stream) instead of changing after every run
+    for (const w of node.widgets || []) if (w.name === "control_after_generate") w.value = "fixed";
+  }
+  const workflow = graph.serialize();
+  const prompt = await window.app.graphToPrompt();
+  return {workflow, output: prompt.output};
+}"""
+
+
+def convert(api_paths: list[Path]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        import subprocess
+
+        subprocess.run([sys.executable, str(REPO / "tools" / "make_tiny_models.py"), str(tmp / "models")], check=True)
+        yaml_path = tmp / "extra_model_paths.yaml"
+        write_extra_model_paths(yaml_path, tmp / "models")
+        with ComfyServer(tmp / "base", extra_model_paths=yaml_path) as server, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server.url + "/", wait_until="domcontentloaded")
+            page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=90_000)
+            for api_path in api_paths:
+                api = json.loads(api_path.read_text())
+                name = api_path.name[: -len("_api.json")]
+                res = page.evaluate(CONVERT, [api, name])
+                got = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in res["output"].items()}
+                if got != strip_meta(api):
+                    raise SystemExit(f"{api_path.name}: the frontend's prompt differs from the API file:\n"
+                                     f"{json.dumps(got, indent=1)}")
+                out = api_path.with_name(name + ".json")
+                out.write_text(json.dumps(res["workflow"], indent=2) + "\n")
+                print(out)
+            browser.close()
+
+
+if __name__ == "__main__":
+    paths = [Path(a) for a in sys.argv[1:]] or sorted((REPO / "workflows").glob("*_api.json"))
+    convert(paths)
