@@ -124,13 +124,17 @@ def load_streamingt2v(source, config=None, device="cpu", dtype=torch.float32) ->
     folder of converted per-component files, or a state dict. The architecture comes from the tensor
     shapes; head counts and the like from `config` (dict or JSON path), a sidecar config, or the
     official defaults. Unknown, missing or mis-shaped keys raise `CheckpointError` listing them."""
-    from .checkpoint import read_state_dict_with_meta, validate_state_dict
+    from .checkpoint import CheckpointError, read_state_dict_with_meta, validate_state_dict
 
     state, meta = read_state_dict_with_meta(source)
     name = meta.get("path") or "state dict"
     base = load_config(config if config is not None else meta.get("config"))
     cfg = infer_config({k: tuple(v.shape) for k, v in state.items()}, base)
-    model = build_on_meta(cfg)
+    try:
+        model = build_on_meta(cfg)
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:  # shapes that no architecture fits
+        raise CheckpointError(f"{name}: its tensor shapes describe no StreamingT2V architecture ({e}). Fix: use the "
+                              "official streaming_t2v.ckpt or a folder converted from it, with its config JSON.") from e
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     validate_state_dict(state, expected, name, ignore=IGNORED_KEYS)
 
