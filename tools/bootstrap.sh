@@ -15,7 +15,7 @@ VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip install -q --disable-pip-version-check)
 
 # torch first, pinned: any other resolution pulls gigabytes of CUDA wheels.
-if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
+if ! "$VPY" -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('torch').startswith('2.13.0') else 1)" 2>/dev/null; then
   "${PIP[@]}" "torch==2.13.0"
 fi
 
@@ -53,6 +53,8 @@ fi
 # torchvision/torchaudio have no CPU wheels: make their pure-Python parts importable.
 # torchvision registers fake kernels for nms/qnms unguarded; the C extension cannot load without CUDA,
 # so guard those two decorators with extension._has_ops(). torchaudio's .so files need CUDA libraries.
+patched="$VENV/.cpu-patched"
+if [ ! -f "$patched" ] || [ "$stamp" -nt "$patched" ]; then
 "$VPY" - <<'PYEOF'
 import glob, os, re, sysconfig
 site = sysconfig.get_paths()["purelib"]
@@ -69,4 +71,6 @@ for so in glob.glob(os.path.join(site, "torchaudio", "lib", "*.so")):
     os.remove(so)
 PYEOF
 "$VPY" -c "import torch, torchvision, torchaudio" || { echo "bootstrap: torchvision/torchaudio still not importable" >&2; exit 1; }
+touch "$patched"
+fi
 echo "venv ready: $VENV (ComfyUI at $COMFY)"
