@@ -288,9 +288,15 @@ def _torch_load(path: Path, kind: str) -> tuple[Any, str, list[str]]:
     return obj, "restricted", sorted(foreign)
 
 
+def _items(mapping: Mapping):
+    # A pickle can BUILD instance attributes onto an OrderedDict (e.g. one named "items"); the dict
+    # methods themselves cannot be shadowed that way.
+    return dict.items(mapping) if isinstance(mapping, dict) else mapping.items()
+
+
 def _is_flat_tensor_mapping(obj: Any) -> bool:
     return (isinstance(obj, Mapping) and len(obj) > 0
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in _items(obj)))
 
 
 def _state_from_pickled(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -311,7 +317,7 @@ def _state_from_pickled(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _checked_tensors(state: Mapping, where: str) -> dict[str, torch.Tensor]:
     bad_keys = [k for k in state if not isinstance(k, str)]
-    bad_values = [k for k, v in state.items() if isinstance(k, str) and not isinstance(v, torch.Tensor)]
+    bad_values = [k for k, v in _items(state) if isinstance(k, str) and not isinstance(v, torch.Tensor)]
     if bad_keys or bad_values:
         detail = []
         if bad_keys:
@@ -323,7 +329,7 @@ def _checked_tensors(state: Mapping, where: str) -> dict[str, torch.Tensor]:
     if not state:
         raise CheckpointError(f"{where}: the state dict is empty; {_OFFICIAL_FIX}")
     # Parameters become plain tensors: weights only, no autograd state.
-    return {k: (v.detach() if v.requires_grad or isinstance(v, torch.nn.Parameter) else v) for k, v in state.items()}
+    return {k: (v.detach() if v.requires_grad or isinstance(v, torch.nn.Parameter) else v) for k, v in _items(state)}
 
 
 def _read_safetensors(path: Path, where: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -375,7 +381,7 @@ def read_state_dict_with_meta(source) -> tuple[dict[str, torch.Tensor], dict]:
     sidecar JSON or None), "loader" (how it was read) and "foreign_globals" (classes a .ckpt referred to
     that were replaced by inert stand-ins)."""
     if isinstance(source, Mapping):
-        inner = source.get("state_dict") if "state_dict" in source else source
+        inner = source["state_dict"] if "state_dict" in source else source
         if not isinstance(inner, Mapping):
             raise CheckpointError(f"state dict argument: 'state_dict' is a {type(inner).__name__}, not a mapping; "
                                   f"pass a mapping of key names to tensors")

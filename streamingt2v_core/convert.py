@@ -156,7 +156,8 @@ def convert(src, out_dir, dtype: str = "fp16", force: bool = False,
         # mkstemp creates a new file with O_EXCL: an existing file or symlink is never opened or followed.
         fd, name = tempfile.mkstemp(prefix=f".{final_name}.", suffix=".tmp", dir=out_dir)
         pending.append((Path(name), out_dir / final_name))
-        os.fchmod(fd, 0o644)
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+            os.fchmod(fd, 0o644)
         return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
     summary: dict = {"dtype": dtype, "out_dir": str(out_dir), "components": {}}

@@ -209,6 +209,41 @@ def test_parameters_and_storage_views_become_plain_tensors(tmp_path):
         assert loaded["unet.c"].stride() == (1, 6)
 
 
+class _ShadowedOrderedDict:
+    """Pickles as an OrderedDict whose BUILD step sets instance attributes that shadow its methods."""
+
+    def __init__(self, items):
+        self.pairs = list(items)
+
+    def __reduce__(self):
+        return collections.OrderedDict, (), {"items": 1, "keys": 2, "get": 3}, None, iter(self.pairs)
+
+
+@pytest.mark.parametrize("foreign", [False, True])
+def test_shadowed_mapping_methods_do_not_derail_the_reader(tmp_path, foreign):
+    state = small_state()
+    obj = {"state_dict": _ShadowedOrderedDict(state.items())}
+    if foreign:
+        obj["callbacks"] = _RunsCode(print, "x")
+    path = tmp_path / "shadowed.ckpt"
+    torch.save(obj, path)
+    loaded, meta = read_state_dict_with_meta(path)
+    assert meta["loader"] == ("restricted" if foreign else "weights_only")
+    assert_same(loaded, state)
+
+
+def test_legacy_non_zip_format(tmp_path):
+    state = small_state()
+    path = tmp_path / "old.pth"
+    torch.save({"state_dict": state, "callbacks": _RunsCode(print, "x")}, path, _use_new_zipfile_serialization=False)
+    loaded, meta = read_state_dict_with_meta(path)
+    assert meta["loader"] == "restricted"
+    assert_same(loaded, state)
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_state_dict(path)
+
+
 def test_flat_pth_and_dict_sources(tmp_path):
     state = small_state()
     path = tmp_path / "flat.pth"
@@ -438,6 +473,7 @@ torch.save(obj, sys.argv[1])
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures memory through Linux /proc")
 @pytest.mark.parametrize("kind", ["plain", "foreign"])
 def test_optimizer_state_stays_on_disk(tmp_path, kind):
     """A 200 MB optimizer tensor in the file must not be read into memory (mmap keeps it on disk)."""
