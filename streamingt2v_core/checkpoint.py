@@ -19,7 +19,6 @@ import collections
 import json
 import os
 import pickle
-import sys
 import types
 import zipfile
 from pathlib import Path
@@ -272,7 +271,7 @@ def _torch_load(path: Path, kind: str) -> tuple[Any, str, list[str]]:
     if use_mmap:
         _check_zip(path)
     corrupt = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
-               AttributeError, MemoryError, OverflowError, zipfile.BadZipFile)
+               AttributeError, OverflowError, zipfile.BadZipFile)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap), "weights_only", []
     except pickle.UnpicklingError:
