@@ -63,7 +63,7 @@ class ComfyServer:
     def __init__(self, base_dir: Path, comfy_dir: Path | None = None, python: str | None = None,
                  port: int | None = None, extra_model_paths: Path | None = None,
                  pack_dir: Path | None = REPO_ROOT, pack_name: str = PACK_NAME,
-                 extra_args: list[str] | None = None, threads: int = 1):
+                 extra_args: list[str] | None = None, threads: int = 1, cpu: bool = True):
         self.base_dir = Path(base_dir).resolve()
         self.comfy_dir = Path(comfy_dir or default_comfy_dir()).resolve()
         self.python = python or sys.executable
@@ -73,6 +73,7 @@ class ComfyServer:
         self.pack_name = pack_name
         self.extra_args = list(extra_args or [])
         self.threads = threads
+        self.cpu = cpu
         self.proc: subprocess.Popen | None = None
         self.log_path = self.base_dir / "comfyui_server.log"
         self._log_file = None
@@ -112,8 +113,9 @@ class ComfyServer:
 
     def command(self) -> list[str]:
         b = self.base_dir
-        cmd = [self.python, str(self.comfy_dir / "main.py"), "--cpu", "--listen", "127.0.0.1",
-               "--port", str(self.port), "--base-directory", str(b), "--input-directory", str(b / "input"),
+        cmd = [self.python, str(self.comfy_dir / "main.py")] + (["--cpu"] if self.cpu else [])
+        cmd += ["--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", str(b),
+               "--input-directory", str(b / "input"),
                "--output-directory", str(b / "output"), "--temp-directory", str(b / "temp"),
                "--user-directory", str(b / "user"), "--database-url", f"sqlite:///{b / 'comfyui.db'}",
                "--disable-auto-launch", "--disable-api-nodes"]
@@ -322,6 +324,20 @@ class ComfyClient:
             p.write_bytes(self.view(f["filename"], f.get("subfolder", ""), f.get("type", "output")))
             paths.append(p)
         return paths
+
+
+def combo_options(node_info: dict, input_name: str) -> list:
+    """The choices of a COMBO input in /object_info, in either layout ([[choices], opts] or ["COMBO", {options}])."""
+    for section in ("required", "optional"):
+        spec = node_info.get("input", {}).get(section, {}).get(input_name)
+        if spec is None:
+            continue
+        if isinstance(spec[0], list):
+            return list(spec[0])
+        if spec[0] == "COMBO" and len(spec) > 1:
+            return list(spec[1].get("options", []))
+        raise ValueError(f"{input_name} is not a COMBO input: {spec[0]}")
+    raise KeyError(f"no input {input_name!r} in {node_info.get('name')}")
 
 
 def strip_meta(graph: dict) -> dict:
