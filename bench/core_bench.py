@@ -39,13 +39,12 @@ def tiny_model(device, dtype):
 
 def real_size_model(device, dtype):
     """The official architecture with random weights (std 0.02), allocated straight in `dtype`."""
-    model = build_on_meta(st.load_config(None))
+    model = build_on_meta(st.load_config(None)).to(dtype)  # dtype first: never holds an fp32 copy
     model.to_empty(device=device)
     g = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02, generator=g)
-    model.to(dtype)
     _restore_non_persistent(model, torch.device(device))
     return model.eval().requires_grad_(False)
 
