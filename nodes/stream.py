@@ -173,15 +173,14 @@ class CAMExtendChunk(io.ComfyNode):
         try:
             st = model.on_device(memory_required=_memory_estimate(cfg, stream))
             if anchor is None:
-                anchor = stream.anchor or encode_anchor(st, stream.frame(0), f"frame 0 of the stream")
+                anchor = stream.anchor or encode_anchor(st, stream.frame(0), "frame 0 of the stream")
             if anchor.tokens.shape[-1] != cfg.context_dim:
                 raise ValueError(f"anchor: APM tokens of width {anchor.tokens.shape[-1]}, this model needs "
                                  f"{cfg.context_dim}; make the anchor with the same model")
             extend_video(st, stream.tail(cfg.cond_frames), num_chunks, per_chunk, negative_prompt,
                          anchor_tokens=anchor.tokens, steps=steps, guidance=guidance, eta=eta, seed=seed,
                          on_step=on_step, on_chunk=on_chunk)
-        except BaseException:
-            new_chunks.clear()
+        except BaseException:  # interrupt, OOM, anything: free the accelerator, then let ComfyUI report it
             mm.soft_empty_cache()
             raise
         notes.append(f"stream: {stream.num_frames} -> {stream.num_frames + added} frames; anchor: {anchor.source}")

@@ -1,0 +1,248 @@
+"""The init and streaming nodes in a real headless ComfyUI (fixtures: tests/comfy/server_fixtures.py):
+the node definitions, every API workflow in workflows/, frame counts, seeds, interrupt, caching, progress.
+
+The tiny models run at 64x64; steps are cut to 2 in every prompt so the suite stays fast on 2 cores."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comfy_client import ComfyClient, describe_failure, messages, output_files, read_video_info, status_str
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / "workflows"
+TINY_SIZE = 64  # the tiny model's resolution
+STEPS = 2
+CONTINUE_INPUT = "streamingt2v_continue_example.mp4"
+CONTINUE_INPUT_FRAMES = 24
+
+# Node ids and input order are a contract with saved workflows: add inputs at the end only.
+EXPECTED_INPUTS = {
+    "LoadStreamingT2V": (["ckpt_name", "dtype"], []),
+    "LoadModelScopeT2V": (["unet_name", "dtype"], []),
+    "StreamingT2VInitFromText": (["model", "t2v_unet", "prompt", "negative_prompt", "steps", "guidance", "seed",
+                                  "width", "height"], []),
+    "StreamingT2VInitFromFrames": (["model", "frames", "width", "height", "resize"], []),
+    "AnchorFrameAPM": (["model", "frames", "index"], []),
+    "CAMExtendChunk": (["model", "stream", "prompt", "negative_prompt", "frames_to_add", "steps", "guidance", "eta",
+                        "seed", "per_line_prompts"], ["anchor"]),
+    "ChunkAssembler": (["stream", "fps"], []),
+}
+EXPECTED_OUTPUTS = {
+    "LoadStreamingT2V": ["STREAMINGT2V_MODEL"],
+    "LoadModelScopeT2V": ["STREAMINGT2V_T2V_UNET"],
+    "StreamingT2VInitFromText": ["STREAMINGT2V_STREAM", "IMAGE"],
+    "StreamingT2VInitFromFrames": ["STREAMINGT2V_STREAM", "IMAGE", "STRING"],
+    "AnchorFrameAPM": ["STREAMINGT2V_APM", "IMAGE"],
+    "CAMExtendChunk": ["STREAMINGT2V_STREAM", "STRING"],
+    "ChunkAssembler": ["IMAGE", "FLOAT", "VIDEO"],
+}
+# frames of the mp4 each shipped workflow writes (chunk 0 whole + 8 per CAM chunk)
+EXPECTED_WORKFLOW_FRAMES = {
+    "long_video": 16 + 64,
+    "continue_video": CONTINUE_INPUT_FRAMES + 32,
+    "story_prompts": 16 + 32,
+}
+
+
+def fast(graph: dict, steps: int = STEPS) -> dict:
+    """A copy of an API prompt with every `steps` input cut down."""
+    g = copy.deepcopy(graph)
+    for node in g.values():
+        if "steps" in node["inputs"]:
+            node["inputs"]["steps"] = steps
+    return g
+
+
+def stream_graph(frames_to_add=16, seed=33, steps=STEPS, init_frames=16, prefix="video/st2v_test", pngs=False,
+                 **extend):
+    """EmptyImage frames -> init from frames -> CAMExtendChunk -> ChunkAssembler -> SaveVideo (no stage 1);
+    with `pngs`, the frames are also saved losslessly (SaveImage) for exact comparisons."""
+    g = {
+        "1": {"class_type": "LoadStreamingT2V", "inputs": {"ckpt_name": "tiny_streamingt2v.safetensors", "dtype": "fp32"}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": TINY_SIZE, "height": TINY_SIZE, "batch_size": init_frames,
+                                                      "color": 0x3366CC}},
+        "3": {"class_type": "StreamingT2VInitFromFrames", "inputs": {"model": ["1", 0], "frames": ["2", 0], "width": 0,
+                                                                     "height": 0, "resize": "center crop"}},
+        "4": {"class_type": "CAMExtendChunk", "inputs": {"model": ["1", 0], "stream": ["3", 0], "prompt": "a test video",
+                                                         "negative_prompt": "", "frames_to_add": frames_to_add,
+                                                         "steps": steps, "guidance": 7.5, "eta": 1.0, "seed": seed,
+                                                         "per_line_prompts": False, **extend}},
+        "5": {"class_type": "ChunkAssembler", "inputs": {"stream": ["4", 0], "fps": 8.0}},
+        "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 2], "filename_prefix": prefix, "format": "mp4",
+                                                    "codec": "h264"}},
+    }
+    if pngs:
+        g["9"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix.replace("video/", "frames/")}}
+    return g
+
+
+def run_ok(client: ComfyClient, graph: dict, timeout: float = 600) -> dict:
+    entry = client.run(graph, timeout=timeout)
+    assert status_str(entry) == "success", describe_failure(entry)
+    return entry
+
+
+def the_mp4(client: ComfyClient, entry: dict, dest: Path) -> Path:
+    paths = [p for p in client.download_outputs(entry, dest) if p.suffix == ".mp4"]
+    assert len(paths) == 1, f"expected one mp4, got {paths}"
+    return paths[0]
+
+
+def saved_frames(client: ComfyClient, entry: dict, dest: Path) -> np.ndarray:
+    """The frames SaveImage wrote (PNG: exact up to ComfyUI's 8-bit rounding), in order, (T, H, W, 3) uint8."""
+    from PIL import Image
+
+    paths = sorted(p for p in client.download_outputs(entry, dest) if p.suffix == ".png")
+    assert paths, "no PNG frames in the outputs"
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def write_input_video(path: Path, frames: int, width: int, height: int) -> None:
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            img = np.clip(rng.normal(128, 40, (height, width, 3)) + i * 3, 0, 255).astype(np.uint8)
+            for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def continue_input(comfy_server) -> Path:
+    """The example video the continue_video workflow loads, in the server's input folder (not square, not
+    64x64, so the init node resizes it)."""
+    path = comfy_server.input_dir / CONTINUE_INPUT
+    if not path.exists():
+        write_input_video(path, CONTINUE_INPUT_FRAMES, 96, 80)
+    return path
+
+
+def test_object_info_lists_every_node_with_inputs_in_order(comfy):
+    info = comfy.object_info()
+    for node_id, (required, optional) in EXPECTED_INPUTS.items():
+        assert node_id in info, f"{node_id} missing from /object_info"
+        node = info[node_id]
+        assert node["input_order"].get("required", []) == required, node_id
+        assert node["input_order"].get("optional", []) == optional, node_id
+        assert node["output"] == EXPECTED_OUTPUTS[node_id], node_id
+        assert node["category"].startswith("StreamingT2V/"), node_id
+        assert "ComfyUI-StreamingT2V" in node["python_module"]
+    assert "tiny_streamingt2v.safetensors" in info["LoadStreamingT2V"]["input"]["required"]["ckpt_name"][1]["options"]
+    # sidecar configs are not offered as checkpoints
+    assert not any(o.endswith(".json") for o in info["LoadStreamingT2V"]["input"]["required"]["ckpt_name"][1]["options"])
+    defaults = info["CAMExtendChunk"]["input"]["required"]
+    assert (defaults["steps"][1]["default"], defaults["guidance"][1]["default"], defaults["eta"][1]["default"],
+            defaults["seed"][1]["default"]) == (50, 7.5, 1.0, 33)
+    init = info["StreamingT2VInitFromText"]["input"]["required"]
+    assert (init["steps"][1]["default"], init["guidance"][1]["default"], init["negative_prompt"][1]["default"]) == (50, 9.0, "")
+    assert info["ChunkAssembler"]["input"]["required"]["fps"][1]["default"] == 8.0
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_WORKFLOW_FRAMES))
+def test_api_workflow_runs_to_an_mp4(comfy, continue_input, tmp_path, name):
+    graph = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
+    entry = run_ok(comfy, fast(graph))
+    info = read_video_info(the_mp4(comfy, entry, tmp_path))
+    assert (info.frames, info.width, info.height) == (EXPECTED_WORKFLOW_FRAMES[name], TINY_SIZE, TINY_SIZE)
+    assert abs(info.fps - 8.0) < 1e-6
+
+
+def test_every_api_workflow_is_covered():
+    names = {p.name[: -len("_api.json")] for p in WORKFLOWS.glob("*_api.json")}
+    assert names == set(EXPECTED_WORKFLOW_FRAMES), "add the new workflow's frame count to EXPECTED_WORKFLOW_FRAMES"
+
+
+def test_four_chunks_give_16_plus_3x8_frames_and_rounding_is_reported(comfy_server, comfy, tmp_path):
+    # 17 frames to add round up to 3 chunks of 8 new frames: with chunk 0, 4 chunks = 16 + 3 * 8 frames
+    entry = run_ok(comfy, stream_graph(frames_to_add=17, prefix="video/st2v_four"))
+    info = read_video_info(the_mp4(comfy, entry, tmp_path))
+    assert (info.frames, info.width, info.height) == (16 + 3 * 8, TINY_SIZE, TINY_SIZE)
+    assert "frames_to_add 17 -> 3 chunk(s) x 8 new frames = 24 frames (rounded up to whole chunks)" in comfy_server.log_text()
+
+
+def test_chained_extension_continues_the_same_stream(comfy, tmp_path):
+    """A second CAMExtendChunk continues the first one's stream; the frames before it are kept as they were."""
+    first = stream_graph(frames_to_add=8, prefix="video/st2v_chain_a", pngs=True)
+    chained = copy.deepcopy(first)
+    chained["7"] = {"class_type": "CAMExtendChunk", "inputs": dict(chained["4"]["inputs"], stream=["4", 0],
+                                                                   prompt="another prompt", seed=7)}
+    chained["5"]["inputs"]["stream"] = ["7", 0]
+    chained["6"]["inputs"]["filename_prefix"] = "video/st2v_chain_b"
+    chained["9"]["inputs"]["filename_prefix"] = "frames/st2v_chain_b"
+    a = saved_frames(comfy, run_ok(comfy, first), tmp_path / "a")
+    b = saved_frames(comfy, run_ok(comfy, chained), tmp_path / "b")
+    assert a.shape[0] == 24 and b.shape[0] == 32
+    assert np.array_equal(a, b[:24])
+    assert np.abs(b[24:].astype(int) - b[16:24].astype(int)).mean() > 1  # new frames, not a copy
+
+
+def test_same_seed_same_frames_other_seed_other_frames(comfy, tmp_path):
+    client = ComfyClient(comfy.url)
+    runs = {}
+    for tag, seed in (("a", 1033), ("b", 1034), ("c", 1033)):  # c after b: the seed-1033 outputs left the cache
+        with client.listen() as ws:
+            pid = client.post_prompt(stream_graph(frames_to_add=8, seed=seed, prefix=f"video/st2v_seed_{tag}", pngs=True))
+            entry = client.wait(pid, timeout=600)
+            assert status_str(entry) == "success", describe_failure(entry)
+            cached = ws.wait_for("execution_cached", pid, timeout=30)["nodes"]
+        assert "4" not in cached, "CAMExtendChunk was served from cache: the comparison would prove nothing"
+        runs[tag] = saved_frames(client, entry, tmp_path / tag)
+    assert runs["a"].shape == (24, TINY_SIZE, TINY_SIZE, 3)
+    assert np.array_equal(runs["a"], runs["c"])
+    assert np.abs(runs["a"][16:].astype(int) - runs["b"][16:].astype(int)).mean() > 2
+    assert np.array_equal(runs["a"][:16], runs["b"][:16])  # the given frames are not touched
+
+
+def test_second_identical_prompt_is_served_from_cache(comfy):
+    client = ComfyClient(comfy.url)
+    graph = stream_graph(frames_to_add=8, prefix="video/st2v_cache")
+    run_ok(client, graph)
+    with client.listen() as ws:
+        pid = client.post_prompt(graph)
+        entry = client.wait(pid, timeout=120)
+        assert status_str(entry) == "success", describe_failure(entry)
+        cached = ws.wait_for("execution_cached", pid, timeout=30)["nodes"]
+        assert set(cached) >= {"1", "3", "4", "5"}
+        ran = {d.get("node") for d in ws.of_type("executing", pid)} - {None}
+        assert not ran & {"1", "3", "4", "5"}, f"nodes ran again: {ran}"
+        assert not ws.of_type("progress", pid)
+
+
+def test_progress_messages_cover_every_step_of_every_chunk(comfy):
+    client = ComfyClient(comfy.url)
+    with client.listen() as ws:
+        pid = client.post_prompt(stream_graph(frames_to_add=16, steps=3, seed=101, prefix="video/st2v_progress"))
+        entry = client.wait(pid, timeout=600)
+        assert status_str(entry) == "success", describe_failure(entry)
+        ws.wait_for("execution_success", pid, timeout=30)
+        progress = [d for d in ws.of_type("progress", pid) if d.get("node") == "4"]
+    assert progress, "no websocket progress messages from CAMExtendChunk"
+    assert {d["max"] for d in progress} == {2 * 3}  # one bar over all steps of all chunks
+    values = [d["value"] for d in progress]
+    assert values == sorted(values) and values[-1] == 6 and set(range(1, 7)) <= set(values)
+
+
+def test_interrupt_during_a_chunk_then_the_next_prompt_runs(server_alive, comfy, tmp_path):
+    client = ComfyClient(comfy.url)
+    with client.listen() as ws:
+        pid = client.post_prompt(stream_graph(frames_to_add=80, steps=500, seed=202, prefix="video/st2v_interrupted"))
+        ws.wait_for("progress", pid, timeout=300, predicate=lambda d: d.get("node") == "4")
+        client.interrupt()
+        ws.wait_for("execution_interrupted", pid, timeout=120)
+        entry = client.wait(pid, timeout=120)
+    assert status_str(entry) == "error"
+    assert messages(entry, "execution_interrupted")
+    assert not output_files(entry)
+    assert not list((server_alive.output_dir / "video").glob("st2v_interrupted*"))
+    entry = run_ok(client, stream_graph(frames_to_add=8, seed=203, prefix="video/st2v_after_interrupt"))
+    assert read_video_info(the_mp4(client, entry, tmp_path)).frames == 24
