@@ -18,7 +18,8 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io, ui
 
-FLOW_CHOICES = ["auto", "dis", "farneback"]
+# Farnebäck stays a core/CLI option only: on smooth, low-gradient frames it returns zero flow.
+FLOW_CHOICES = ["auto", "dis"]
 
 
 class ComfyCLIPScorer:
@@ -52,8 +53,8 @@ class VideoQualityMetrics(io.ComfyNode):
             inputs=[
                 io.Image.Input("images", tooltip="The video: frames in the batch dimension."),
                 io.Combo.Input("flow", options=FLOW_CHOICES, default="auto",
-                               tooltip=("Optical flow for MAWE. auto: RAFT-large if the file named by "
-                                        "STREAMINGT2V_RAFT_WEIGHTS exists (the official flow), else OpenCV DIS. "
+                               tooltip=("Optical flow for MAWE. auto: RAFT-large (the official flow) when the environment "
+                                        "variable STREAMINGT2V_RAFT_WEIGHTS names its weights file, else OpenCV DIS. "
                                         "MAWE values are comparable only with the same flow.")),
                 io.Float.Input("coeff", default=9.5, min=0.001, max=1000.0, step=0.1,
                                tooltip="MAWE = mean over frame pairs of warp_error / (coeff * motion); official 9.5."),

@@ -57,7 +57,8 @@ class DISFlow:
 
 class FarnebackFlow:
     """OpenCV Farnebäck polynomial-expansion flow (5 pyramid levels so that shifts of tens of
-    pixels at 720x720 are found)."""
+    pixels at 720x720 are found). Weaker than DIS: on smooth, low-gradient frames (a soft texture
+    upscaled to 720) it returns zero flow, which would read as stagnation."""
 
     name = "opencv-farneback"
 

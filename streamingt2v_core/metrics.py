@@ -507,7 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clip-arch", default=DEFAULT_CLIP_ARCH,
                    help=f"OpenCLIP model name or config JSON path (default {DEFAULT_CLIP_ARCH})")
     p.add_argument("--flow", default="auto", choices=FLOW_METHODS,
-                   help="optical flow: auto = RAFT-large if weights are given, else OpenCV DIS")
+                   help="optical flow: auto = RAFT-large if weights are given, else OpenCV DIS; farneback is "
+                        "weaker (zero flow on smooth, low-gradient frames)")
     p.add_argument("--raft-weights", default=None,
                    help=f"torchvision raft_large state dict (or set {RAFT_WEIGHTS_ENV}); never downloaded")
     p.add_argument("--size", type=int, default=WORKING_SIZE, help="working size for the flow (official 720)")

@@ -192,6 +192,12 @@ def test_bad_layout_and_values_give_a_clear_error():
         get_flow("raft")
 
 
+def test_farneback_flow_finds_a_translation():
+    frames = panning(noise_texture(5), frames=3, shift=2, size=48)  # 4 px per frame at 96x96
+    r = M.compute_metrics(frames, flow=get_flow("farneback"), size=96)
+    assert r.flow == "opencv-farneback" and all(abs(m - 4.0) < 0.4 for m in r.motion_per_pair)
+
+
 # ---------------------------------------------------------------------------------------------- RAFT
 
 
@@ -291,6 +297,19 @@ def test_cli_json_on_a_small_mp4(tmp_path, capsys, tiny_clip):
     assert "MAWE" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError):
         M.main([str(tmp_path / "missing.mp4")])
+
+
+def test_scuts_on_a_file_equal_pyscenedetect_reading_the_file_itself(tmp_path, capsys):
+    from scenedetect import AdaptiveDetector, detect
+
+    a = panning(smooth_texture(8), frames=40, shift=1, size=64)
+    b = panning(smooth_texture(9), frames=40, shift=1, size=64)
+    video = tmp_path / "cut.mp4"
+    write_mp4(video, M.to_uint8_frames(np.concatenate([a[:20], b[20:]])))
+    own = [int(s[0].frame_num) for s in detect(str(video), AdaptiveDetector(), start_in_scene=True)[1:]]
+    assert M.main([str(video), "--json", "--size", "32"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert own == [20] and out["cut_frames"] == own and out["scuts"] == 1
 
 
 # ---------------------------------------------------------------------------------------------- node
