@@ -158,6 +158,16 @@ def is_official_unet(state: Mapping[str, torch.Tensor]) -> bool:
 
 
 def infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = None) -> dict:
+    """UNet3DConditionModel kwargs from the official or diffusers tensor shapes (RefinerLoadError if incomplete)."""
+    try:
+        return _infer_unet_config(state, config)
+    except (KeyError, ValueError, ZeroDivisionError) as exc:
+        if isinstance(exc, RefinerLoadError):
+            raise
+        raise RefinerLoadError(f"the refiner UNet weights are incomplete or not a 3-D UNet (no {exc}); {_FIX}") from None
+
+
+def _infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = None) -> dict:
     """UNet3DConditionModel kwargs from the official or diffusers tensor shapes.
 
     Shapes cannot tell the attention head size: it comes from `config` (tiny_v2v_config.json: unet.kwargs.head_dim,
@@ -174,7 +184,7 @@ def infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = N
         attn = [f"input_blocks.{i}.1.norm.weight" in state for i in firsts]
         in_ch, out_ch = state["input_blocks.0.0.weight"].shape[1], state["out.2.weight"].shape[0]
         ctx_key = next((f"input_blocks.{i}.1.transformer_blocks.0.attn2.to_k.weight" for i, a in zip(firsts, attn) if a),
-                       "")
+                       "cross-attention key")
     else:
         n_levels = len({int(m.group(1)) for k in state if (m := re.match(r"down_blocks\.(\d+)\.", k))})
         n = len({int(m.group(1)) for k in state if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k))})
@@ -182,7 +192,7 @@ def infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = N
         attn = [f"down_blocks.{lv}.attentions.0.norm.weight" in state for lv in range(n_levels)]
         in_ch, out_ch = state["conv_in.weight"].shape[1], state["conv_out.weight"].shape[0]
         ctx_key = next((f"down_blocks.{lv}.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-                        for lv, a in enumerate(attn) if a), "")
+                        for lv, a in enumerate(attn) if a), "cross-attention key")
     if not any(attn):
         raise RefinerLoadError("the refiner UNet has no cross-attention layers; " + _FIX)
     down = tuple("CrossAttnDownBlock3D" if a else "DownBlock3D" for a in attn)
@@ -363,7 +373,40 @@ def _guided(unet, x_t, t, context, negative_context, guidance, rescale, dtype):
     return y_out, u_out, out
 
 
-class MSVid2VidRefiner(nn.Module):
+class SDEditRefiner(nn.Module):
+    """What refine_latents needs from a refiner: guided x0 predictions of chunk batches and the schedule."""
+
+    prediction_type = "v_prediction"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def alpha_sigma(self, t) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def denoise(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2) -> dict:
+        """Official `denoise` for a batch of chunks: y_out, u_out, the guided `out`, and x0 at the integer t."""
+        t = torch.as_tensor(t).long().reshape(-1)[:1]
+        y_out, u_out, out = _guided(self.unet, x_t, t, context.to(x_t.device), negative_context.to(x_t.device),
+                                    guidance, rescale, self.dtype)
+        a, s = self.alpha_sigma(t)
+        x = x_t.float()
+        if self.prediction_type == "v_prediction":
+            x0 = a * x - s * out
+        elif self.prediction_type == "epsilon":
+            x0 = (x - s * out) / a
+        else:
+            x0 = out
+        return {"y_out": y_out, "u_out": u_out, "out": out, "x0": x0}
+
+    @torch.no_grad()
+    def predict_x0(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2) -> torch.Tensor:
+        """x0 of one chunk (or a batch of chunks): x_t (B, 4, F, h, w) as the UNet sees it, t an integer tensor."""
+        return self.denoise(x_t, t, context, negative_context, guidance, rescale)["x0"]
+
+
+class MSVid2VidRefiner(SDEditRefiner):
     """MS-Vid2Vid-XL: v-prediction UNet on the logsnr_cosine_interp zero-terminal-SNR schedule, DPM++(2M) SDE."""
 
     family = "ms-vid2vid"
@@ -376,33 +419,15 @@ class MSVid2VidRefiner(nn.Module):
         self.schedule = VPSchedule()
         self.dtype = dtype
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
     def check_latent_size(self, h: int, w: int) -> None:
         check_latent_size(h, w)
 
     def first_timestep(self, steps: int, t_start: int) -> int:
         return int(t_start)  # the trailing plan starts exactly at t_start
 
-    def alpha_sigma(self, t: int) -> tuple[float, float]:
-        a, s = self.schedule.alpha_sigma(torch.tensor([int(t)]))
+    def alpha_sigma(self, t) -> tuple[float, float]:
+        a, s = self.schedule.alpha_sigma(torch.as_tensor(t).reshape(-1)[:1])
         return float(a), float(s)
-
-    def denoise(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2) -> dict:
-        """Official `denoise` for a batch of chunks: y_out, u_out, guided `out` and x0 = alpha_t x_t - sigma_t out."""
-        t = torch.as_tensor(t).long().reshape(-1)[:1]
-        y_out, u_out, out = _guided(self.unet, x_t, t, context.to(x_t.device), negative_context.to(x_t.device),
-                                    guidance, rescale, self.dtype)
-        alpha, sigma = (v.to(x_t.device) for v in self.schedule.alpha_sigma(t))
-        x0 = alpha.view(-1, 1, 1, 1, 1) * x_t.float() - sigma.view(-1, 1, 1, 1, 1) * out
-        return {"y_out": y_out, "u_out": u_out, "out": out, "x0": x0}
-
-    @torch.no_grad()
-    def predict_x0(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2) -> torch.Tensor:
-        """x0 of one chunk (or a batch of chunks): x_t (B, 4, F, h, w) as the UNet sees it, t an integer tensor."""
-        return self.denoise(x_t, t, context, negative_context, guidance, rescale)["x0"]
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,8 +465,6 @@ def load_refiner(source, config=None, device="cpu", dtype=torch.float32):
         path = Path(source)
         if path.is_dir():
             if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
-                from .refiner_diffusers import load_diffusers_refiner
-
                 return load_diffusers_refiner(path, device=device, dtype=dtype)
             config = config or _load_json(path / "tiny_v2v_config.json") or _load_json(path / "refiner_config.json")
             unet_file = _find(path, CONVERTED_FILES["unet"], OFFICIAL_FILES["unet"])
@@ -469,8 +492,93 @@ def load_refiner(source, config=None, device="cpu", dtype=torch.float32):
         text = OpenCLIPTextEncoder.from_state_dict(text_state, heads)
     vae = build_autoencoder(vae_state) if vae_state is not None else None
     model = MSVid2VidRefiner(unet.to(device=device, dtype=dtype), text, vae, dtype)
+    pixel_hw = ((config or {}).get("video") or {}).get("pixel_hw")
+    if pixel_hw:  # the tiny oracle refiner works on an 80x128 canvas instead of 720x1280
+        model.canvas = (int(pixel_hw[0]), int(pixel_hw[1]))
     if text is not None:
         text.to(device)  # fp32, as officially
     if vae is not None:
         vae.to(device)   # fp32 encode; decode may be cast by the caller
     return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Second family: a diffusers text-to-video UNet3DConditionModel (e.g. zeroscope_v2_XL) as SDEdit refiner
+
+class DiffusersT2VRefiner(SDEditRefiner):
+    """A diffusers T2V model refining with its own scheduler; blending works on x0 as for MS-Vid2Vid."""
+
+    family = "diffusers"
+
+    def __init__(self, unet, scheduler, text_encoder=None, tokenizer=None, vae=None, dtype=torch.float32,
+                 canvas: tuple[int, int] = (576, 1024)):
+        super().__init__()
+        if getattr(scheduler, "init_noise_sigma", 1.0) != 1.0:
+            raise RefinerLoadError(f"{type(scheduler).__name__} is a sigma-space scheduler; the SDEdit refiner needs a "
+                                   f"VP one (DDIM, DDPM, DPMSolverMultistep, UniPC): change scheduler/scheduler_config.json")
+        self.unet, self.scheduler, self.text_encoder, self.tokenizer, self.vae = unet, scheduler, text_encoder, tokenizer, vae
+        self.dtype, self.canvas = dtype, canvas
+        self.latent_scale = float(vae.config.scaling_factor) if vae is not None else LATENT_SCALE
+        self.prediction_type = scheduler.config.prediction_type
+        self.alphas_cumprod = scheduler.alphas_cumprod.float().cpu()
+
+    def check_latent_size(self, h: int, w: int) -> None:
+        if h < 1 or w < 1:
+            raise ValueError(f"latent size must be positive, got {h}x{w}")
+
+    def alpha_sigma(self, t) -> tuple[float, float]:
+        ac = float(self.alphas_cumprod[int(torch.as_tensor(t).reshape(-1)[0])])
+        return ac ** 0.5, (1 - ac) ** 0.5
+
+    def sdedit_scheduler(self, steps: int, t_start: int):
+        """A fresh scheduler fed x0 (prediction_type='sample') and exactly `steps` timesteps, the first <= t_start."""
+        sched = type(self.scheduler).from_config(self.scheduler.config, prediction_type="sample")
+        n = steps
+        while True:
+            sched.set_timesteps(n)
+            ts = sched.timesteps
+            if int((ts <= t_start).sum()) >= steps or n >= sched.config.num_train_timesteps:
+                break
+            n += 1
+        begin = len(ts) - min(steps, int((ts <= t_start).sum()))
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(begin)
+        return sched, ts[begin:]
+
+    def first_timestep(self, steps: int, t_start: int) -> int:
+        return int(self.sdedit_scheduler(steps, t_start)[1][0])
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        if self.text_encoder is None or self.tokenizer is None:
+            raise RuntimeError("this refiner was loaded without text_encoder/ and tokenizer/")
+        ids = self.tokenizer([prompt, negative_prompt], padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+        emb = self.text_encoder(ids.to(self.device))[0].float()
+        return emb[:1], emb[1:]
+
+
+def load_diffusers_refiner(folder, device="cpu", dtype=torch.float32, canvas: tuple[int, int] = (576, 1024)):
+    """A diffusers T2V folder: unet/ and scheduler/ required; text_encoder/, tokenizer/, vae/ when present."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+
+    folder = Path(folder)
+    sched_cfg = _load_json(folder / "scheduler" / "scheduler_config.json")
+    if not (folder / "unet" / "config.json").is_file() or sched_cfg is None:
+        raise RefinerLoadError(f"{folder}: a diffusers refiner folder needs unet/config.json and "
+                               f"scheduler/scheduler_config.json; {_FIX}")
+    sched_cls = getattr(diffusers, sched_cfg.get("_class_name", "DDIMScheduler"), None)
+    if sched_cls is None:
+        raise RefinerLoadError(f"{folder}: unknown scheduler {sched_cfg.get('_class_name')!r} in scheduler_config.json")
+    unet = UNet3DConditionModel.from_pretrained(folder / "unet").eval().requires_grad_(False)
+    text = tok = vae = None
+    if (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir():
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        text = CLIPTextModel.from_pretrained(folder / "text_encoder").eval().requires_grad_(False).to(device)
+        tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    if (folder / "vae").is_dir():
+        vae = AutoencoderKL.from_pretrained(folder / "vae").eval().requires_grad_(False).to(device)
+    return DiffusersT2VRefiner(unet.to(device=device, dtype=dtype), sched_cls.from_config(sched_cfg), text, tok, vae,
+                               dtype, canvas)

@@ -22,7 +22,11 @@ from pathlib import Path
 
 import torch
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "refiner"
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data" / "refiner"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from streamingt2v_core.refiner import CONVERTED_FILES, OFFICIAL_FILES  # noqa: E402
 COMPONENTS = {  # manifest, config key, fp16 rounding
     "unet": ("tiny_v2v_manifest.tsv", "unet", True),
     "text_encoder": ("tiny_v2v_text_encoder_manifest.tsv", "text_encoder", False),
@@ -73,14 +77,10 @@ def write(out: Path, fmt: str = "converted", data: Path = DATA, check: bool = Fa
             if bad:
                 raise SystemExit(f"{name}: {len(bad)} tensors differ from the manifest sha256 (e.g. {bad[0]})")
         if fmt == "official":
-            from streamingt2v_core.refiner import OFFICIAL_FILES
-
             target = out / OFFICIAL_FILES[name]
             torch.save({"state_dict": state} if name == "autoencoder" else state, target)
         else:
             from safetensors.torch import save_file
-
-            from streamingt2v_core.refiner import CONVERTED_FILES
 
             target = out / CONVERTED_FILES[name]
             save_file(state, str(target))
@@ -94,7 +94,6 @@ def main(argv=None) -> int:
     ap.add_argument("--format", choices=("official", "converted"), default="converted")
     ap.add_argument("--verify", action="store_true", help="compare every tensor with the manifest sha256")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     write(args.out, args.format, check=args.verify)
     print(f"wrote tiny refiner ({args.format}) to {args.out}")
     return 0

@@ -1,0 +1,64 @@
+"""Pixel side of the refiner: resize/pad/encode/refine/decode/crop, end to end on the tiny model."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamingt2v_core.refine import check_frame_size, plan_canvas, refine_video
+from streamingt2v_core.refiner import load_refiner
+from streamingt2v_core.video import resize_frames
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+import make_tiny_refiner  # noqa: E402
+
+TINY_CANVAS = (80, 128)  # latent 10x16: h = 2 mod 8, w = 0 mod 8, like 720x1280 -> 90x160
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_refiner(make_tiny_refiner.write(tmp_path_factory.mktemp("tiny_v2v"), "converted"))
+
+
+def test_official_canvas_plan():
+    (h, w), box = plan_canvas(256, 256, (720, 1280))
+    assert (h, w) == (720, 720) and box == (0, 280, 720, 720)  # 280 px black bars left and right
+    (h, w), box = plan_canvas(320, 576, (720, 1280))  # wider than 16:9: fits the width, bars top and bottom
+    assert (h, w) == (711, 1280) and box == (4, 0, 711, 1280)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        check_frame_size(1, 4000, (720, 1280))
+
+
+def test_bicubic_resize_is_pils():
+    """Official frames are resized by PIL's default (bicubic, a = -0.5); torch's antialiased bicubic is that kernel."""
+    import numpy as np
+    from PIL import Image
+
+    def both(img):
+        pil = torch.from_numpy(np.array(Image.fromarray(img.numpy()).resize((90, 90), Image.BICUBIC))).float()
+        ours = resize_frames(img.permute(2, 0, 1)[None].float(), 90, 90)[0].permute(1, 2, 0).round().clamp(0, 255)
+        return (ours - pil).abs()
+
+    ramp = torch.linspace(0, 255, 32)
+    smooth = (0.5 * ramp[None, :, None] + 0.5 * ramp[:, None, None]).expand(32, 32, 3).round().to(torch.uint8)
+    assert both(smooth).max() <= 1  # PIL rounds its intermediate pass to uint8
+    noise = (torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)) * 255).round().to(torch.uint8)
+    assert both(noise).mean() < 0.5  # PIL also clips the intermediate overshoot; torch keeps it
+
+
+def test_refine_video_keeps_41_frames_and_crops(tiny):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(41, 32, 32, 3, generator=g)
+    seen = []
+    out = refine_video(tiny, images, "a cat", "", strength_step=600, steps=2, seed=3, canvas=TINY_CANVAS,
+                       callback=lambda i, n, x0: seen.append((i, n, x0.shape)))
+    assert out.shape == (41, 80, 80, 3)  # cropped back to the resized content
+    assert [s[:2] for s in seen] == [(0, 2), (1, 2)] and seen[0][2] == (1, 4, 41, 10, 16)
+    assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
+    padded = refine_video(tiny, images[:16], "a cat", "", steps=1, seed=3, canvas=TINY_CANVAS, crop=False)
+    assert padded.shape == (16, 80, 128, 3)
+    again = refine_video(tiny, images[:16], "a cat", "", steps=1, seed=3, canvas=TINY_CANVAS, crop=False)
+    torch.testing.assert_close(padded, again, rtol=0, atol=0)  # a seed reproduces the video
+    other = refine_video(tiny, images[:16], "a cat", "", steps=1, seed=4, canvas=TINY_CANVAS, crop=False)
+    assert not torch.equal(padded, other)
