@@ -70,7 +70,9 @@ class FarnebackFlow:
                                             winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
 
-def _load_state_dict(path: Path) -> dict:
+def load_weights_file(path: Path) -> dict:
+    """A state dict from .safetensors, or from a torch file read with weights_only=True (a
+    {"state_dict": ...} wrapper is unwrapped)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -79,7 +81,7 @@ def _load_state_dict(path: Path) -> dict:
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
-        raise ValueError(f"RAFT weights file {path} does not hold a state dict")
+        raise ValueError(f"weights file {path} does not hold a state dict")
     return sd
 
 
@@ -97,7 +99,7 @@ class RAFTFlow:
         from torchvision.models.optical_flow import raft_large
 
         model = raft_large(weights=None, progress=False)
-        missing, unexpected = model.load_state_dict(_load_state_dict(path), strict=False)
+        missing, unexpected = model.load_state_dict(load_weights_file(path), strict=False)
         if missing or unexpected:
             raise ValueError(f"RAFT weights {path} do not fit torchvision raft_large: "
                              f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")

@@ -38,13 +38,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flow import FLOW_METHODS, RAFT_WEIGHTS_ENV, get_flow
+from .flow import FLOW_METHODS, RAFT_WEIGHTS_ENV, get_flow, load_weights_file
 
 WORKING_SIZE = 720
 MAWE_COEFF = 9.5
@@ -319,8 +320,6 @@ class OpenCLIPScorer:
         weights_only=True)."""
         import open_clip
 
-        from .flow import _load_state_dict
-
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"CLIP weights file not found: {weights}. Give a local OpenCLIP "
                                     f"{DEFAULT_CLIP_ARCH} state dict (e.g. open_clip_pytorch_model.bin)")
@@ -330,9 +329,7 @@ class OpenCLIPScorer:
             open_clip.add_model_config(arch)
             arch = os.path.splitext(os.path.basename(arch))[0]
         model = open_clip.create_model(arch, pretrained=None, device="cpu")
-        from pathlib import Path
-
-        state = _load_state_dict(Path(weights))
+        state = load_weights_file(Path(weights))
         if state and all(k.startswith("module.") for k in state):
             state = {k[len("module."):]: v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
