@@ -3,10 +3,12 @@
 models folder (recipe: ../shared/reference/comfyui_ci_recipe.md). Shared by tests/comfy and tests/browser."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,25 +24,59 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def _tiny_models_key() -> str:
+    """Content hash of everything the tiny models are made from: the generators, the core code and the
+    oracle data. Any change there makes a new set."""
+    h = hashlib.sha256()
+    files = sorted(REPO_ROOT.glob("tools/make_tiny_*.py")) + sorted(REPO_ROOT.glob("streamingt2v_core/**/*.py"))
+    for sub in ("tests/data/oracle", "tests/data/refiner"):
+        files += sorted(p for p in (REPO_ROOT / sub).rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def make_tiny_models(out_dir: Path) -> None:
-    """tools/make_tiny_models.py OUT_DIR writes one sub-folder per ComfyUI model folder key."""
+    """tools/make_tiny_models.py OUT_DIR writes one sub-folder per ComfyUI model folder key.
+
+    Outside CI the result is kept in .cache/tiny_models/<content hash> and copied (never linked: tests may
+    add broken files next to them) into out_dir, so a test session does not rebuild it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if not MAKE_TINY.is_file():
         if in_ci():
             pytest.fail(f"{MAKE_TINY} is missing: the real-server tests need its tiny models")
+        return
+    cache_root = Path(os.environ.get("STREAMINGT2V_TEST_CACHE", REPO_ROOT / ".cache")) / "tiny_models"
+    cached = cache_root / _tiny_models_key()
+    if not in_ci() and (cached / ".complete").is_file():
+        shutil.copytree(cached, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
         return
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, str(MAKE_TINY), str(out_dir)], cwd=str(REPO_ROOT), env=env,
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         pytest.fail(f"tools/make_tiny_models.py failed (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    if not in_ci():
+        cache_root.mkdir(parents=True, exist_ok=True)
+        # Sets are hundreds of MB: drop stale ones (not ones another session may be copying right now).
+        for old in cache_root.iterdir():
+            if old != cached and time.time() - old.stat().st_mtime > 1800:
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = cache_root / f".tmp{os.getpid()}"
+        shutil.copytree(out_dir, tmp)
+        (tmp / ".complete").write_text("")
+        try:
+            os.replace(tmp, cached)
+        except OSError:  # another session stored the same set first
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory) -> Path:
+def tiny_models_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("models_tiny")
     make_tiny_models(d)
-    return d
+    yield d
+    shutil.rmtree(d, ignore_errors=True)  # hundreds of MB; pytest keeps its last temp dirs
 
 
 @pytest.fixture(scope="session")
