@@ -180,11 +180,14 @@ class RandomizedBlendRefiner(io.ComfyNode):
             pbar.update_absolute(i + 1, total, frame)
 
         try:
-            rf = refiner.on_device(memory_required=_memory_estimate(images, chunk))
+            per_chunk = _chunk_memory(refiner.module, images.shape[0], chunk)
+            rf = refiner.on_device(memory_required=per_chunk)
+            # all chunks of a solver step in one UNet call, or as few calls as the free memory allows
+            chunk_batch = max(1, int(0.8 * mm.get_free_memory(rf.device)) // per_chunk)
             out = refine_video(rf, images[..., :3].float(), prompt, negative_prompt, strength_step=int(strength_step),
                                steps=int(steps), guidance=float(guidance), rescale=float(rescale), chunk=int(chunk),
                                overlap=int(overlap), seed=int(seed), crop=output == OUTPUT_CHOICES[0],
-                               callback=on_step)
+                               chunk_batch=chunk_batch, callback=on_step)
         except BaseException:  # interrupt, OOM, anything: free the accelerator, then let ComfyUI report it
             mm.soft_empty_cache()
             raise
@@ -192,9 +195,13 @@ class RandomizedBlendRefiner(io.ComfyNode):
         return io.NodeOutput(out.to(mm.intermediate_device()))
 
 
-def _memory_estimate(images: torch.Tensor, chunk: int) -> int:
-    """Activation memory: about 12 GB for the official 24-frame 720p chunk pair in fp16, scaled by frames."""
-    return int(12 * 1024 ** 3 * min(int(images.shape[0]), chunk) / 24)
+def _chunk_memory(refiner, frames: int, chunk: int) -> int:
+    """Activation memory of one guided chunk (positive + negative row): about 20 live tensors of the widest
+    full-resolution activation (first-level channels x chunk frames x latent pixels), in the UNet dtype."""
+    h, w = refiner.canvas[0] // 8, refiner.canvas[1] // 8
+    c0 = refiner.unet.config.block_out_channels[0]
+    size = torch.finfo(refiner.dtype).bits // 8
+    return int(20 * 2 * min(frames, chunk) * h * w * c0 * size)
 
 
 REFINER_NODES = [LoadStreamingT2VRefiner, RandomizedBlendRefiner]

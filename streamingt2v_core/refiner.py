@@ -491,7 +491,8 @@ def load_refiner(source, config=None, device="cpu", dtype=torch.float32):
         heads = ((config or {}).get("text_encoder") or {}).get("open_clip_config", {}).get("text_cfg", {}).get("heads")
         text = OpenCLIPTextEncoder.from_state_dict(text_state, heads)
     vae = build_autoencoder(vae_state) if vae_state is not None else None
-    model = MSVid2VidRefiner(unet.to(device=device, dtype=dtype), text, vae, dtype)
+    unet = unet.to(device) if dtype == torch.float32 else unet.to(device=device, dtype=dtype)
+    model = MSVid2VidRefiner(unet, text, vae, dtype)
     pixel_hw = ((config or {}).get("video") or {}).get("pixel_hw")
     if pixel_hw:  # the tiny oracle refiner works on an 80x128 canvas instead of 720x1280
         model.canvas = (int(pixel_hw[0]), int(pixel_hw[1]))

@@ -69,3 +69,13 @@ def test_loads_a_diffusers_folder(tmp_path):
     ctx = torch.randn(1, 77, 32)
     torch.testing.assert_close(ref.predict_x0(x, torch.tensor([500]), ctx, ctx, guidance=1.0),
                                DiffusersT2VRefiner(unet, ddim()).predict_x0(x, torch.tensor([500]), ctx, ctx, guidance=1.0))
+
+
+def test_batched_chunks_equal_one_by_one():
+    """All chunks of a step in one UNet call give what one call per chunk gives."""
+    ref = DiffusersT2VRefiner(tiny_unet(), ddim())
+    noised = torch.randn(1, 4, 41, 8, 8, generator=torch.Generator().manual_seed(3))
+    ctx, neg = torch.randn(1, 77, 32), torch.randn(1, 77, 32)
+    batched = refine_latents(ref, noised, ctx, neg, chunk=16, overlap=4, steps=2, seed=1)
+    one_by_one = refine_latents(ref, noised, ctx, neg, chunk=16, overlap=4, steps=2, seed=1, chunk_batch=1)
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-4)

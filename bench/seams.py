@@ -1,0 +1,109 @@
+"""Seams at chunk borders (the paper's Fig. 4 as a number), on a smoothly moving synthetic latent video.
+
+Refines the same video three ways with the tiny refiner and prints, for each, the mean absolute
+frame-to-frame change at chunk borders divided by the same inside chunks (1.0 = no visible seam):
+  (a) independent chunks: each chunk noised and denoised on its own, joined with a hard cut mid-overlap;
+  (b) shared noise only: one whole-video latent, noise and solver, but a fixed cut mid-overlap;
+  (c) randomized blending: as (b) with a random cut per overlap and step (StreamingT2V).
+"border" = the transition at the middle of each overlap (where (a) and (b) cut); "overlap" = every
+transition inside an overlap. The tiny model has random weights, so only the seam ratio is meaningful.
+
+usage: python bench/seams.py [--frames 56] [--steps 10] [--strength 400] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+from streamingt2v_core.blending import boundary_overlaps, chunk_starts  # noqa: E402
+from streamingt2v_core.refine import refine_latents  # noqa: E402
+
+
+def moving_pattern(frames: int, h: int = 10, w: int = 16) -> torch.Tensor:
+    """A latent video of drifting sinusoids: every frame differs a little from the last."""
+    f = torch.arange(frames).view(-1, 1, 1)
+    y = torch.arange(h).view(1, -1, 1)
+    x = torch.arange(w).view(1, 1, -1)
+    chans = [torch.sin(2 * math.pi * (x - 0.25 * f) / 8 + c) + 0.5 * torch.cos(2 * math.pi * (y + 0.15 * f) / 6 - c)
+             for c in range(4)]
+    return torch.stack(chans)[None].float()  # (1, 4, F, h, w)
+
+
+def seam_ratios(video: torch.Tensor, starts: list[int], overlaps: list[int]) -> tuple[float, float]:
+    change = (video[:, :, 1:] - video[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4))  # transition f -> f+1
+    mid = {s + o // 2 - 1 for s, o in zip(starts[1:], overlaps)}
+    inside_ov = {f for s, o in zip(starts[1:], overlaps) for f in range(s - 1, s + o)}
+    inner = [f for f in range(change.numel()) if f not in inside_ov]
+    base = change[inner].mean()
+    return float(change[sorted(mid)].mean() / base), float(change[sorted(inside_ov)].mean() / base)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=56)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--strength", type=int, default=400, help="SDEdit start step of 1000")
+    ap.add_argument("--chunk", type=int, default=24)
+    ap.add_argument("--overlap", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    import make_tiny_refiner
+    from streamingt2v_core.refiner import load_refiner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        refiner = load_refiner(make_tiny_refiner.write(Path(tmp), "converted"))
+    g = torch.Generator().manual_seed(0)
+    ctx, neg = torch.randn(1, 77, 1024, generator=g), torch.zeros(1, 77, 1024)
+    clean = moving_pattern(args.frames)
+    t0 = args.strength - 1
+    alpha, sigma = refiner.alpha_sigma(t0)
+    starts = chunk_starts(args.frames, args.chunk, args.overlap)
+    clen = min(args.chunk, args.frames)
+    overlaps = boundary_overlaps(starts, clen)
+    kw = dict(chunk=args.chunk, overlap=args.overlap, steps=args.steps, t_start=t0)
+
+    results = {}
+    t_start = time.time()
+    # (a) independent chunks: own noise and own Brownian tree per chunk, hard cut mid-overlap
+    parts = []
+    for k, s in enumerate(starts):
+        noise = torch.randn(clean[:, :, s:s + clen].shape, generator=torch.Generator().manual_seed(100 + k))
+        parts.append(refine_latents(refiner, alpha * clean[:, :, s:s + clen] + sigma * noise, ctx, neg,
+                                    seed=100 + k, **kw))
+    video = parts[0]
+    for k in range(1, len(starts)):
+        keep = starts[k] + overlaps[k - 1] // 2  # first frame taken from chunk k
+        video = torch.cat([video[:, :, :keep], parts[k][:, :, keep - starts[k]:]], dim=2)
+    results["(a) independent chunks"] = seam_ratios(video, starts, overlaps)
+
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(7))
+    noised = alpha * clean + sigma * noise
+    fixed = torch.tensor([[o // 2 for o in overlaps]] * args.steps)
+    results["(b) shared noise, fixed cut"] = seam_ratios(refine_latents(refiner, noised, ctx, neg, offsets=fixed,
+                                                                        seed=7, **kw), starts, overlaps)
+    results["(c) randomized blending"] = seam_ratios(refine_latents(refiner, noised, ctx, neg, seed=7, **kw),
+                                                     starts, overlaps)
+    results["input (no refinement)"] = seam_ratios(clean, starts, overlaps)
+
+    print(f"seams: {args.frames} frames, chunks at {starts} (chunk {clen}, overlaps {overlaps}), "
+          f"{args.steps} steps from t={t0}, tiny refiner, {time.time() - t_start:.0f} s")
+    print(f"{'method':32s} {'border/inside':>14s} {'overlap/inside':>15s}")
+    for name, (border, over) in results.items():
+        print(f"{name:32s} {border:14.3f} {over:15.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
