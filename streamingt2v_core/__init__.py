@@ -1,6 +1,28 @@
 """StreamingT2V in pure torch (no ComfyUI imports): the official stage-2 model, its loading and
-conversion, the streaming loop, the refiner and the metrics."""
-from .config import StreamingT2VConfig, load_config
-from .model import StreamingT2V, load_streamingt2v, official_state_dict_shapes
+conversion, the streaming loop, the refiner and the metrics.
 
-__all__ = ["StreamingT2V", "StreamingT2VConfig", "load_config", "load_streamingt2v", "official_state_dict_shapes"]
+Names are imported on first use, so `python -m streamingt2v_core.metrics` or the converter do not pay
+for diffusers and transformers.
+"""
+import importlib
+
+_EXPORTS = {
+    "StreamingT2VConfig": "config",
+    "load_config": "config",
+    "StreamingT2V": "model",
+    "load_streamingt2v": "model",
+    "official_state_dict_shapes": "model",
+    "CheckpointError": "checkpoint",
+    "load_refiner": "refiner",
+    "refine_latents": "refine",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
