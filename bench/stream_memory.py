@@ -1,6 +1,6 @@
 """Host memory of a real ComfyUI server while the pack streams long videos with the tiny model.
 
-    python bench/stream_memory.py [--frames 64 512] [--steps 1]
+    python bench/stream_memory.py [--frames 64 512] [--steps 1] [--size 64]
 
 Starts ComfyUI headless (CPU) with the pack and the tiny models, then for each length runs
 EmptyImage (16 frames) -> init from frames -> CAMExtendChunk -> ChunkAssembler -> SaveVideo and samples
@@ -60,8 +60,8 @@ def graph(total_frames: int, steps: int, size: int, seed: int) -> dict:
     return {
         "1": {"class_type": "LoadStreamingT2V", "inputs": {"ckpt_name": "tiny_streamingt2v.safetensors", "dtype": "fp32"}},
         "2": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 16, "color": 0x3366CC}},
-        "3": {"class_type": "StreamingT2VInitFromFrames", "inputs": {"model": ["1", 0], "frames": ["2", 0], "width": 0,
-                                                                     "height": 0, "resize": "center crop"}},
+        "3": {"class_type": "StreamingT2VInitFromFrames", "inputs": {"model": ["1", 0], "frames": ["2", 0], "width": size,
+                                                                     "height": size, "resize": "center crop"}},
         "4": {"class_type": "CAMExtendChunk", "inputs": {"model": ["1", 0], "stream": ["3", 0], "prompt": "memory test",
                                                          "negative_prompt": "", "frames_to_add": total_frames - 16,
                                                          "steps": steps, "guidance": 7.5, "eta": 1.0, "seed": seed,
@@ -76,8 +76,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, nargs="+", default=[64, 512])
     p.add_argument("--steps", type=int, default=1, help="denoising steps per chunk")
+    p.add_argument("--size", type=int, default=64, help="frame size (the tiny model's own is 64; 256 shows the "
+                                                        "per-frame cost at the official resolution)")
     args = p.parse_args()
-    size = 64  # the tiny model's resolution
+    size = args.size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         subprocess.run([sys.executable, str(REPO / "tools" / "make_tiny_models.py"), str(tmp / "models")],
@@ -91,7 +93,7 @@ def main():
             entry = client.run(graph(24, 1, size, seed=1), timeout=1800)
             assert status_str(entry) == "success", describe_failure(entry)
             prev = None
-            print(f"tiny model, {size}x{size}, {args.steps} step(s) per chunk; server RSS in MiB")
+            print(f"tiny model at {size}x{size}, {args.steps} step(s) per chunk; server RSS in MiB")
             for n in args.frames:
                 with RssSampler(sampler_pid) as s:
                     before = s.rss()
