@@ -14,7 +14,7 @@ start=$(date +%s)
 .venv/bin/python -m pytest -q -rfEs --durations=15 "$@" 2>&1 | tee out/pytest.log
 rc=${PIPESTATUS[0]}
 secs=$(( $(date +%s) - start ))
-summary="$(grep -E '^=+ .*(passed|failed|error|skipped|no tests ran).* =+$' out/pytest.log | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')"
+summary="$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' out/pytest.log | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')"
 case $rc in
   0) echo "TESTS PASSED: ${summary:-?} (pytest ${secs} s)";;
   5) echo "TESTS FAILED: pytest collected no tests (exit 5) from: $*"; rc=1;;
