@@ -246,3 +246,37 @@ def test_interrupt_during_a_chunk_then_the_next_prompt_runs(server_alive, comfy,
     assert not list((server_alive.output_dir / "video").glob("st2v_interrupted*"))
     entry = run_ok(client, stream_graph(frames_to_add=8, seed=203, prefix="video/st2v_after_interrupt"))
     assert read_video_info(the_mp4(client, entry, tmp_path)).frames == 24
+
+
+def test_a_preview_image_of_each_finished_chunk(comfy):
+    """Binary websocket frames: PREVIEW_IMAGE (type 1) = 4-byte event, 4-byte format (1 = JPEG), image."""
+    import io
+    import struct
+    import uuid
+
+    import websocket
+    from PIL import Image
+
+    client = ComfyClient(comfy.url, client_id=uuid.uuid4().hex)
+    ws = websocket.create_connection(comfy.url.replace("http://", "ws://") + "/ws?clientId=" + client.client_id,
+                                     timeout=300)
+    try:
+        pid = client.post_prompt(stream_graph(frames_to_add=24, seed=404, prefix="video/st2v_preview"))
+        previews = []
+        while True:
+            msg = ws.recv()
+            if isinstance(msg, bytes):
+                event, fmt = struct.unpack(">II", msg[:8])
+                if event == 1:
+                    previews.append((fmt, Image.open(io.BytesIO(msg[8:]))))
+                continue
+            data = json.loads(msg)
+            if data["type"] in ("execution_success", "execution_error", "execution_interrupted") \
+                    and data["data"].get("prompt_id") == pid:
+                assert data["type"] == "execution_success", data
+                break
+    finally:
+        ws.close()
+    assert len(previews) == 3, "one preview per finished chunk"
+    # ComfyUI scales previews to its --preview-size; the frame is square, so is the preview
+    assert [(fmt, img.format, img.size[0] == img.size[1]) for fmt, img in previews] == [(1, "JPEG", True)] * 3
