@@ -1,0 +1,443 @@
+"""StreamingT2V benchmark: time, memory and FLOPs of stage 2 (streaming) and stage 3 (refiner).
+
+    OMP_NUM_THREADS=1 python bench/run.py [--device cpu|cuda] [--json OUT] [--quick] [--real]
+                                         [--peak-tflops 989] [--steps N] [--dtype fp32|bf16|fp16]
+
+Sections (each printed as it finishes, all collected in --json):
+  env       torch, device, threads, machine load (`uptime`) before and after
+  step      tiny model: one stage-2 denoising step (CAM + base UNet on both CFG rows, guidance, DDIM update)
+            and one whole chunk (--steps DDIM steps + VAE decode of its 16 frames)
+  split     cost of one step by part, each timed by calling the module directly: CAM, base UNet (with the
+            CAM features given), DDIM + guidance bookkeeping; and the per-stream / per-frame parts: APM
+            (encode_anchor), text encoder, VAE decode per frame
+  growth    a stream grown from 16 to 64, 256, 1024 frames with 1 DDIM step per chunk (memory does not depend
+            on the step count; 50 steps would only take longer): host RSS, peak RSS, peak accelerator memory,
+            and host bytes per added frame against the float32 frames the stream keeps
+  refiner   tiny refiner: time per solver step over the whole video and memory vs frames (latent only), with
+            all chunks in one UNet batch (the default) and one chunk per call (chunk_batch=1)
+  flops     UNet FLOPs per step of the real-size architecture, counted with torch.utils.flop_counter on the
+            meta device (no weights allocated); with --real on a GPU, the achieved fraction of --peak-tflops
+  real      (--real) the real-size architecture with random weights: per step and per chunk on a GPU,
+            a single denoiser call on CPU
+
+The tiny models are the oracle's (tests/data/oracle, tests/data/refiner), at their 64x64 / 80x128 sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+from core_bench import DTYPES, denoiser_inputs, real_size_model, tiny_model  # noqa: E402
+
+import streamingt2v_core as st  # noqa: E402
+from streamingt2v_core.model import build_on_meta  # noqa: E402
+from streamingt2v_core.streaming import StreamConditioning, extend_video, generate_chunk, make_scheduler  # noqa: E402
+
+MiB = 1024 ** 2
+GiB = 1024 ** 3
+PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0}  # bf16 dense
+
+
+# -- measuring --------------------------------------------------------------------------------------
+
+def is_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
+def sync(device) -> None:
+    if is_cuda(device):
+        torch.cuda.synchronize()
+
+
+def rss_now() -> int:
+    """Resident set size now, bytes (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return rss_peak()
+
+
+def rss_peak() -> int:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb if platform.system() == "Darwin" else kb * 1024
+
+
+def accel_peak(device) -> int | None:
+    return torch.cuda.max_memory_allocated() if is_cuda(device) else None
+
+
+def reset_accel_peak(device) -> None:
+    if is_cuda(device):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def timeit(fn, device, repeat: int = 3, warmup: int = 1) -> float:
+    """Median wall seconds of `repeat` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def load() -> list:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def row(results: dict, section: str, label: str, **values) -> None:
+    results.setdefault(section, []).append({"label": label, **values})
+    parts = []
+    for k, v in values.items():
+        if v is None:
+            continue
+        if k.endswith("_ms"):
+            parts.append(f"{v:10.2f} ms")
+        elif k.endswith("_mib"):
+            parts.append(f"{k[:-4]} {v:9.1f} MiB")
+        elif k.endswith("_kib"):
+            parts.append(f"{k[:-4]} {v:8.1f} KiB")
+        elif k.endswith("tflop"):
+            parts.append(f"{v:9.3f} TFLOP")
+        elif isinstance(v, float):
+            parts.append(f"{k} {v:.4g}")
+        else:
+            parts.append(f"{k} {v}")
+    print(f"  {label:<46} " + "  ".join(parts), flush=True)
+
+
+# -- stage 2 ----------------------------------------------------------------------------------------
+
+def guided_step(model, scheduler, latents, t, context, cond_frames, steps, guidance, generator):
+    """One denoising step exactly as generate_chunk runs it (CFG rows batched)."""
+    x = latents.to(model.dtype)
+    eps = model.predict_noise(torch.cat([x, x]), t, context, cond_frames).float()
+    eps_u, eps_c = eps.chunk(2)
+    return scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents, steps, generator=generator)
+
+
+def bench_step(model, device, args, results) -> None:
+    cfg = model.config
+    sample, ehs, cond = denoiser_inputs(model, device)
+    sched = make_scheduler(model)
+    t = sched.timesteps(50)[25]
+    g = torch.Generator().manual_seed(0)
+    latents = sample[:1].float()
+    step_s = timeit(lambda: guided_step(model, sched, latents, t, ehs, cond, 50, 7.5, g), device, args.repeat)
+    row(results, "step", f"tiny step (2x{cfg.chunk_frames} frames {cfg.height}x{cfg.width})", time_ms=step_s * 1e3)
+    frames = torch.rand(16, 3, cfg.height, cfg.width, generator=torch.Generator().manual_seed(1))
+    sc = StreamConditioning.build(model, "a benchmark", "", anchor=frames[0])
+    chunk_s = timeit(lambda: generate_chunk(model, frames, sc, steps=args.steps, generator=torch.Generator().manual_seed(0)),
+                     device, repeat=1)
+    row(results, "step", f"tiny chunk ({args.steps} steps + decode 16 frames)", time_ms=chunk_s * 1e3,
+        per_step_ms=(chunk_s / args.steps) * 1e3)
+
+
+def bench_split(model, device, args, results) -> None:
+    """Each part timed by calling it directly with the inputs it sees inside one step."""
+    cfg = model.config
+    dt = model.dtype
+    sample, ehs, cond = denoiser_inputs(model, device)
+    sample, ehs, cond = sample.to(dt), ehs.to(dt), cond.to(dt)
+    t = torch.tensor(501, device=device)
+    sched = make_scheduler(model)
+    rep = args.repeat
+    full = timeit(lambda: model.predict_noise(sample, t, ehs, cond), device, rep)
+    cam = timeit(lambda: model.unet(sample, t, ehs[:, :cfg.text_tokens], cond), device, rep)
+    skips, mid = model.unet(sample, t, ehs[:, :cfg.text_tokens], cond)
+    base = timeit(lambda: model.base_model(sample, t, ehs, skips, mid), device, rep)
+    eps = model.predict_noise(sample, t, ehs, cond).float()
+    lat = sample[:1].float()
+    g = torch.Generator().manual_seed(0)
+
+    def bookkeeping():
+        eps_u, eps_c = eps.chunk(2)
+        return sched.step(eps_u + 7.5 * (eps_c - eps_u), 501, lat, 50, generator=g)
+
+    ddim = timeit(bookkeeping, device, rep)
+    step_total = full + ddim
+    for name, sec in (("CAM (2 rows x 8 frames)", cam), ("base UNet incl. mergers + APM mixing", base),
+                      ("DDIM + guidance bookkeeping", ddim)):
+        row(results, "split", name, time_ms=sec * 1e3, share=round(sec / step_total, 3))
+    row(results, "split", "= one step (denoiser call + bookkeeping)", time_ms=step_total * 1e3,
+        parts_sum_ms=(cam + base + ddim) * 1e3)
+    anchor = torch.rand(1, 3, cfg.height, cfg.width, device=device) * 2 - 1
+    apm = timeit(lambda: model.encode_anchor(anchor), device, rep)
+    row(results, "split", "APM encode_anchor (per stream and per prompt)", time_ms=apm * 1e3)
+    ids = model.tokenize(["", "a benchmark prompt"])
+    text = timeit(lambda: model.encode_text(ids), device, rep)
+    row(results, "split", "text encoder, 2 prompts (per prompt)", time_ms=text * 1e3)
+    z = sample[:1].float()
+    vae = timeit(lambda: model.decode_latents(z), device, rep)
+    row(results, "split", "VAE decode per frame (slices of 8)", time_ms=vae * 1e3 / cfg.chunk_frames)
+
+
+def bench_growth(model, device, args, results) -> None:
+    """Grows one stream and measures at each milestone. The frames kept are what a ChunkAssembler keeps:
+    16 initial + 8 new per chunk, float32 (3, H, W) on the host."""
+    cfg = model.config
+    h, w = cfg.height, cfg.width
+    first = torch.rand(16, 3, h, w, generator=torch.Generator().manual_seed(2))
+    kept = [first]
+    n_kept = [16]
+    milestones = sorted(m for m in args.frames if m >= 16)
+    marks = {}
+    state = {"t": time.perf_counter()}
+
+    def record():
+        frames = n_kept[0]
+        if frames in milestones and frames not in marks:
+            sync(device)
+            marks[frames] = {"rss": rss_now(), "peak_rss": rss_peak(), "accel": accel_peak(device),
+                             "seconds": time.perf_counter() - state["t"]}
+
+    def on_chunk(_c, fresh):
+        kept.append(fresh)
+        n_kept[0] += fresh.shape[0]
+        record()
+
+    reset_accel_peak(device)
+    record()
+    new_per_chunk = cfg.chunk_frames - cfg.cond_frames
+    chunks = (max(milestones) - 16) // new_per_chunk
+    if chunks > 0:
+        t0 = time.perf_counter()
+        extend_video(model, first, chunks, "a growing video", steps=1, seed=0, on_chunk=on_chunk)
+        per_chunk = (time.perf_counter() - t0) / chunks
+        row(results, "growth", "chunk at 1 DDIM step (incl. decode)", time_ms=per_chunk * 1e3, chunks=chunks)
+    frame_bytes = 3 * h * w * 4
+    prev = None
+    for frames in milestones:
+        m = marks.get(frames)
+        if m is None:
+            continue
+        per_frame = None if prev is None else (m["rss"] - prev["rss"]) / (frames - prev["frames"]) / 1024
+        row(results, "growth", f"{frames:5d} frames", rss_mib=m["rss"] / MiB, peak_rss_mib=m["peak_rss"] / MiB,
+            accel_peak_mib=None if m["accel"] is None else m["accel"] / MiB,
+            host_per_frame_kib=per_frame, kept_frames_mib=frames * frame_bytes / MiB)
+        prev = {"frames": frames, **m}
+    print(f"  float32 frame at {w}x{h}: {frame_bytes / 1024:.0f} KiB (at 256x256: {256 * 256 * 12 / 1024:.0f} KiB)")
+    del kept
+
+
+# -- stage 3 ----------------------------------------------------------------------------------------
+
+def tiny_refiner(device, dtype):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import make_tiny_refiner
+        from streamingt2v_core.refiner import load_refiner
+    except ImportError as e:
+        return None, f"refiner tools not importable ({e})"
+    tmp = tempfile.mkdtemp(prefix="tiny_v2v_")
+    return load_refiner(make_tiny_refiner.write(__import__("pathlib").Path(tmp), "converted"), device=device,
+                        dtype=dtype), None
+
+
+def bench_refiner(device, dtype, args, results) -> None:
+    refine_latents = getattr(st, "refine_latents", None)
+    source = "streamingt2v_core.refine_latents"
+    if refine_latents is None:
+        try:
+            from streamingt2v_core.refine import refine_latents
+            source = "streamingt2v_core.refine.refine_latents (not yet exported by the package)"
+        except ImportError as e:
+            print(f"  skipped: the refiner API is not there yet ({e})")
+            results["refiner_skipped"] = str(e)
+            return
+    refiner, why = tiny_refiner(device, dtype)
+    if refiner is None:
+        print(f"  skipped: {why}")
+        results["refiner_skipped"] = why
+        return
+    print(f"  using {source}; tiny MS-Vid2Vid UNet, latent 10x16 per frame, chunk 24 overlap 8, 2 solver steps")
+    ctx = torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(3)).to(device)
+    neg = torch.zeros_like(ctx)
+    steps = 2
+    for batch in (None, 1):
+        for frames in [f for f in args.refiner_frames]:
+            lat = torch.randn(1, 4, frames, 10, 16, generator=torch.Generator().manual_seed(4)).to(device)
+            reset_accel_peak(device)
+            sync(device)
+            before = rss_now()
+            t0 = time.perf_counter()
+            refine_latents(refiner, lat, ctx, neg, steps=steps, seed=0, chunk_batch=batch)
+            sync(device)
+            sec = (time.perf_counter() - t0) / steps
+            row(results, "refiner", f"{frames:5d} frames, chunk_batch={batch or 'all'}", step_ms=sec * 1e3,
+                latent_kib=lat.numel() * 4 / 1024, rss_delta_mib=(rss_now() - before) / MiB,
+                peak_rss_mib=rss_peak() / MiB,
+                accel_peak_mib=None if accel_peak(device) is None else accel_peak(device) / MiB)
+            del lat
+    del refiner
+
+
+# -- FLOPs and the real-size model --------------------------------------------------------------------
+
+def count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fc = FlopCounterMode(display=False)
+    with fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def real_flops(results) -> dict:
+    """FLOPs of one CFG step (2 rows) of the official architecture at 256x256, on the meta device."""
+    model = build_on_meta(st.load_config(None)).to(torch.bfloat16)
+    cfg = model.config
+    sf = cfg.vae_scale_factor
+    with torch.device("meta"):
+        sample = torch.empty(2, cfg.latent_channels, cfg.chunk_frames, cfg.height // sf, cfg.width // sf,
+                             dtype=torch.bfloat16)
+        ehs = torch.empty(2, cfg.text_tokens + cfg.apm_tokens, cfg.context_dim, dtype=torch.bfloat16)
+        cond = torch.empty(2, cfg.cond_frames, 3, cfg.height, cfg.width, dtype=torch.bfloat16)
+        t = torch.tensor(501)
+        z = torch.empty(1, cfg.latent_channels, cfg.height // sf, cfg.width // sf, dtype=torch.bfloat16)
+        img = torch.empty(1, 3, cfg.height, cfg.width, dtype=torch.bfloat16)
+    text = cfg.text_tokens
+    out = {}
+    out["cam"] = count_flops(lambda: model.unet(sample, t, ehs[:, :text], cond))
+    skips, mid = model.unet(sample, t, ehs[:, :text], cond)
+    out["base"] = count_flops(lambda: model.base_model(sample, t, ehs, skips, mid))
+    out["vae_frame"] = count_flops(lambda: model.vae.decode(z))
+    out["apm"] = count_flops(lambda: model.resampler(model.image_encoder(img)[:, None]))
+    n = {name: sum(p.numel() for p in getattr(model, name).parameters())
+         for name in ("base_model", "unet", "image_encoder", "resampler", "text_encoder", "vae")}
+    for name, label in (("cam", "CAM, 2 rows x 8 frames"), ("base", "base UNet, 2 rows x 16 frames")):
+        row(results, "flops", label, tflop=out[name] / 1e12)
+    row(results, "flops", "= UNet FLOPs per step (CFG)", tflop=(out["cam"] + out["base"]) / 1e12)
+    row(results, "flops", "VAE decode, per frame", tflop=out["vae_frame"] / 1e12)
+    row(results, "flops", "APM (image encoder + resampler), per call", tflop=out["apm"] / 1e12)
+    row(results, "flops", "parameters (B)", **{k: round(v / 1e9, 3) for k, v in n.items()})
+    del model
+    return out
+
+
+def bench_real(device, args, results, flops) -> None:
+    dtype = DTYPES[args.real_dtype or ("bf16" if device == "cpu" else args.dtype if args.dtype != "fp32" else "bf16")]
+    t0 = time.perf_counter()
+    model = real_size_model(device, dtype)
+    print(f"  real-size model, random weights, {dtype}: built in {time.perf_counter() - t0:.1f} s", flush=True)
+    sample, ehs, cond = denoiser_inputs(model, device)
+    sample, ehs, cond = sample.to(dtype), ehs.to(dtype), cond.to(dtype)
+    t = torch.tensor(501, device=device)
+    unet_flops = flops["cam"] + flops["base"]
+    if not is_cuda(device):  # CPU: one call is minutes
+        reset_accel_peak(device)
+        sec = timeit(lambda: model.predict_noise(sample, t, ehs, cond), device, repeat=1, warmup=0)
+        row(results, "real", "denoiser call (2x16x256^2, cold)", time_ms=sec * 1e3, peak_rss_mib=rss_peak() / MiB,
+            achieved_tflops=round(unet_flops / sec / 1e12, 4))
+        return
+    sched = make_scheduler(model)
+    g = torch.Generator().manual_seed(0)
+    lat = sample[:1].float()
+    reset_accel_peak(device)
+    step = timeit(lambda: guided_step(model, sched, lat, sched.timesteps(50)[25], ehs, cond, 50, 7.5, g), device,
+                  args.repeat)
+    row(results, "real", f"step (CFG, 2x16 frames 256x256, {dtype})", time_ms=step * 1e3,
+        accel_peak_mib=accel_peak(device) / MiB, achieved_tflops=round(unet_flops / step / 1e12, 1),
+        fraction_of_peak=round(unet_flops / step / 1e12 / args.peak_tflops, 3))
+    cam = timeit(lambda: model.unet(sample, t, ehs[:, :77], cond), device, args.repeat)
+    skips, mid = model.unet(sample, t, ehs[:, :77], cond)
+    base = timeit(lambda: model.base_model(sample, t, ehs, skips, mid), device, args.repeat)
+    row(results, "real", "CAM", time_ms=cam * 1e3, fraction_of_peak=round(flops["cam"] / cam / 1e12 / args.peak_tflops, 3))
+    row(results, "real", "base UNet", time_ms=base * 1e3,
+        fraction_of_peak=round(flops["base"] / base / 1e12 / args.peak_tflops, 3))
+    z = sample[:1].float()
+    vae = timeit(lambda: model.decode_latents(z), device, args.repeat)
+    row(results, "real", "VAE decode per frame", time_ms=vae * 1e3 / 16)
+    frames = torch.rand(16, 3, 256, 256)
+    sc = StreamConditioning.build(model, "a benchmark", "", anchor=frames[0])
+    reset_accel_peak(device)
+    chunk = timeit(lambda: generate_chunk(model, frames, sc, steps=args.steps, generator=torch.Generator().manual_seed(0)),
+                   device, repeat=1)
+    row(results, "real", f"chunk ({args.steps} steps + decode)", time_ms=chunk * 1e3, accel_peak_mib=accel_peak(device) / MiB)
+    if args.real_growth:
+        bench_growth(model, device, argparse.Namespace(frames=[16, 64, 256]), results)
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="tiny model dtype (real: bf16 default)")
+    ap.add_argument("--real", action="store_true", help="also the real-size architecture (GPU; on CPU one call)")
+    ap.add_argument("--real-dtype", default=None, choices=sorted(DTYPES))
+    ap.add_argument("--real-growth", action="store_true", help="with --real on a GPU: the growth series too")
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps of the whole-chunk timing (default 8, quick 2)")
+    ap.add_argument("--repeat", type=int, default=None, help="timed repeats per measurement (default 3, quick 1)")
+    ap.add_argument("--frames", type=int, nargs="+", default=None, help="growth milestones (default 16 64 256 1024)")
+    ap.add_argument("--refiner-frames", type=int, nargs="+", default=None, help="refiner lengths (default 16 64 256)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak, TFLOP/s (H100/H200 bf16 dense: 989)")
+    ap.add_argument("--quick", action="store_true", help="smaller series, one repeat (under a minute on 1 CPU thread)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["step", "split", "growth", "refiner", "flops"])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.steps = args.steps or (2 if q else 8)
+    args.repeat = args.repeat or (1 if q else 3)
+    args.frames = args.frames or ([16, 64, 256] if q else [16, 64, 256, 1024])
+    args.refiner_frames = args.refiner_frames or ([16, 64] if q else [16, 64, 256])
+    device = args.device
+    if is_cuda(device) and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device here; use --device cpu")
+    name = torch.cuda.get_device_name() if is_cuda(device) else platform.processor() or platform.machine()
+    if args.peak_tflops is None:
+        args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name.lower()), 989.0)
+    torch.manual_seed(0)
+    results = {"env": {"torch": torch.__version__, "device": device, "device_name": name,
+                       "threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                       "load_before": load(), "quick": q, "steps": args.steps, "repeat": args.repeat}}
+    print(f"torch {torch.__version__}, {device} ({name}), {torch.get_num_threads()} thread(s), "
+          f"load average {results['env']['load_before']}", flush=True)
+    t_all = time.perf_counter()
+    dtype = DTYPES[args.dtype]
+    model = tiny_model(device, dtype)
+    for section, fn in (("step", bench_step), ("split", bench_split), ("growth", bench_growth)):
+        if section not in args.skip:
+            print(f"[{section}]", flush=True)
+            fn(model, device, args, results)
+    del model
+    if "refiner" not in args.skip:
+        print("[refiner]", flush=True)
+        bench_refiner(device, dtype, args, results)
+    flops = None
+    if "flops" not in args.skip or args.real:
+        print("[flops] real-size architecture on the meta device", flush=True)
+        flops = real_flops(results)
+    if args.real:
+        print("[real]", flush=True)
+        bench_real(device, args, results, flops)
+    results["env"]["load_after"] = load()
+    results["env"]["seconds"] = round(time.perf_counter() - t_all, 1)
+    print(f"done in {results['env']['seconds']} s; load average {results['env']['load_after']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
