@@ -9,7 +9,7 @@ The whole-video latent stays on the model's device; pixels move there one slice 
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -62,6 +62,8 @@ def refine_latents(refiner, noised, context, negative_context, chunk=24, overlap
     clen = min(chunk, frames)
     overlaps = boundary_overlaps(starts, clen)
     table = _offsets_table(offsets, steps, overlaps)
+    if brownian_noise is not None and len(brownian_noise) < steps - 1:
+        raise ValueError(f"brownian_noise has {len(brownian_noise)} increments; {steps} steps need {steps - 1}")
     gen = torch.Generator().manual_seed(int(seed))
     device = noised.device
     context, negative_context = context.to(device), negative_context.to(device)

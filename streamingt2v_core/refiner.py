@@ -13,7 +13,6 @@ Weights load from the official files safely (safetensors, or torch.load(weights_
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import re
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .schedules import NUM_TRAIN_TIMESTEPS, VPSchedule
+from .schedules import VPSchedule
 
 LATENT_SCALE = 0.18215  # SD 2.1 autoencoder scale used by the official refiner
 OFFICIAL_FILES = {  # ModelScope damo/Video-to-Video v1.1.0 (configuration.json model_args)

@@ -68,9 +68,10 @@ def tiny_component(name: str, data: Path = DATA) -> dict[str, torch.Tensor]:
     return regenerate(read_manifest(data / manifest), config[cfg_key]["seed"], fp16)
 
 
-def write(out: Path, fmt: str = "converted", data: Path = DATA, check: bool = False) -> Path:
+def write(out: Path, fmt: str = "converted", data: Path = DATA, check: bool = False,
+          components=tuple(COMPONENTS)) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    for name in COMPONENTS:
+    for name in components:
         state = tiny_component(name, data)
         if check:
             bad = verify(read_manifest(data / COMPONENTS[name][0]), state)
