@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +107,10 @@ def configure(graph: dict, info: dict, args) -> list[str]:
     return notes
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, help="length of the video: 16 frames of the first chunk plus 8 per "
@@ -120,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workflow", type=Path, default=REPO / "workflows" / "long_video_api.json")
     ap.add_argument("--out", type=Path, default=REPO / "demo_out")
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the video")
+    ap.add_argument("--threads", type=int, help="CPU threads of the server (default: 1 for the tiny model, "
+                                                "where more threads only contend, else every core)")
     args = ap.parse_args(argv)
     if args.frames is not None and args.frames <= CHUNK_FRAMES:
         ap.error(f"--frames {args.frames}: the first chunk alone has {CHUNK_FRAMES} frames; ask for more "
@@ -129,6 +136,8 @@ def main(argv=None) -> int:
     if args.prompt is not None and not args.prompt.strip():
         ap.error("--prompt is empty")
 
+    # SIGTERM as Ctrl-C, so the server we started is always stopped
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     t0 = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     graph = json.loads(args.workflow.read_text())
@@ -148,7 +157,8 @@ def main(argv=None) -> int:
         cuda = torch.cuda.is_available()
     except ImportError:
         cuda = False
-    server = ComfyServer(base, extra_model_paths=yaml_path, threads=os.cpu_count() or 1, cpu=not cuda)
+    threads = args.threads or ((os.cpu_count() or 1) if real else 1)
+    server = ComfyServer(base, extra_model_paths=yaml_path, threads=threads, cpu=not cuda)
     print(f"starting ComfyUI ({server.comfy_dir}) on {server.url}, base dir {base} ...", flush=True)
     try:
         server.start()
@@ -198,6 +208,9 @@ def main(argv=None) -> int:
         if not real:
             print("  (tiny random-weight model: the frames are noise; they only prove the pipeline)")
         return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping ComfyUI", file=sys.stderr)
+        return 130
     finally:
         server.stop()
 
