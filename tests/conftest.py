@@ -45,11 +45,14 @@ def tiny_config() -> Path:
     return ORACLE / "tiny_config.json"
 
 
-# The real-ComfyUI fixtures (comfy_server, comfy, tiny_models_dir), shared by tests/comfy and tests/browser.
+# The real-ComfyUI fixtures (comfy_server, comfy, tiny_models_dir), shared by tests/comfy and tests/browser,
+# and the browser fixtures (browser, frontend). Plugins, not conftest.py files: `from conftest import ...`
+# must keep finding this file.
 import sys as _sys  # noqa: E402
 
 _sys.path.insert(0, str(ROOT / "tests" / "comfy"))
-pytest_plugins = ["server_fixtures"]
+_sys.path.insert(0, str(ROOT / "tests" / "browser"))
+pytest_plugins = ["server_fixtures", "browser_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""The real ComfyUI web frontend (served by the session's server) in headless Chromium, driven by pip
-playwright with the system Chromium (never `playwright install`: it downloads a browser)."""
+"""Pytest plugin (registered in tests/conftest.py; not a conftest.py, whose module name would clash with
+tests/conftest.py): the real ComfyUI web frontend (served by the session's server) in headless Chromium,
+driven by pip playwright with the system Chromium (never `playwright install`: it downloads a browser)."""
 from __future__ import annotations
 
 import json
