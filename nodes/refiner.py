@@ -182,8 +182,9 @@ class RandomizedBlendRefiner(io.ComfyNode):
         try:
             per_chunk = _chunk_memory(refiner.module, images.shape[0], chunk)
             rf = refiner.on_device(memory_required=per_chunk)
-            # all chunks of a solver step in one UNet call, or as few calls as the free memory allows
-            chunk_batch = max(1, int(0.8 * mm.get_free_memory(rf.device)) // per_chunk)
+            # on an accelerator: all chunks of a solver step in one UNet call, or as few as the free memory
+            # allows; on the CPU batching gains nothing (bench/refiner_bench.py) and costs memory
+            chunk_batch = 1 if rf.device.type == "cpu" else max(1, int(0.8 * mm.get_free_memory(rf.device)) // per_chunk)
             out = refine_video(rf, images[..., :3].float(), prompt, negative_prompt, strength_step=int(strength_step),
                                steps=int(steps), guidance=float(guidance), rescale=float(rescale), chunk=int(chunk),
                                overlap=int(overlap), seed=int(seed), crop=output == OUTPUT_CHOICES[0],
