@@ -17,6 +17,8 @@ log = logging.getLogger("StreamingT2V")
 
 MAX_FRAMES_TO_ADD = 100_000
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+EMPTY_PROMPT_LIST = ("prompt: the prompt list is empty (per_line_prompts is on and every line is blank); "
+                     "write one prompt per line or turn per_line_prompts off")
 
 
 def encode_anchor(model, image: torch.Tensor, source: str) -> Anchor:
@@ -118,8 +120,7 @@ class CAMExtendChunk(io.ComfyNode):
             return (f"frames_to_add: {frames_to_add} frames cannot be added; give 1 to {MAX_FRAMES_TO_ADD} "
                     f"(rounded up to whole chunks of {CHUNK_NEW_FRAMES})")
         if prompt is not None and per_line_prompts and not split_prompts(prompt, True):
-            return ("prompt: the prompt list is empty (per_line_prompts is on and every line is blank); "
-                    "write one prompt per line or turn per_line_prompts off")
+            return EMPTY_PROMPT_LIST
         return True
 
     @classmethod
@@ -133,8 +134,7 @@ class CAMExtendChunk(io.ComfyNode):
                              f"(rounded up to whole chunks of {CHUNK_NEW_FRAMES})")
         prompts = split_prompts(prompt, per_line_prompts)
         if not prompts:
-            raise ValueError("prompt: the prompt list is empty (per_line_prompts is on and every line is blank); "
-                             "write one prompt per line or turn per_line_prompts off")
+            raise ValueError(EMPTY_PROMPT_LIST)
         cfg = model.module.config
         if stream.num_frames < cfg.cond_frames:
             raise ValueError(f"stream: {stream.num_frames} frames, the CAM needs the last {cfg.cond_frames}; "
