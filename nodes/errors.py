@@ -1,6 +1,7 @@
 """Out-of-memory handling for the pack's long-running nodes.
 
-`oom_advice(node, settings)` wraps the heavy part of a node: when torch runs out of memory (accelerator,
+`oom_advice(node, settings)` wraps the heavy part of a node (or `advise_out_of_memory(exc, node, settings)`
+in an existing `except` clause): when torch runs out of memory (accelerator,
 or the CPU allocator) it frees what ComfyUI holds and raises an error whose message names the settings
 of this run that lower memory. Nothing else is caught; the error always propagates, so ComfyUI reports
 it as `execution_error` (ComfyUI also unloads every model on an OOM error: our error derives from
@@ -73,6 +74,17 @@ def free_after_oom() -> None:
     mm.soft_empty_cache(force=True)
 
 
+def advise_out_of_memory(exc: BaseException, node: str, settings: Mapping[str, object]) -> None:
+    """For a node's `except` clause: if `exc` is an out-of-memory error, free memory and raise
+    StreamingT2VOutOfMemoryError (from `exc`) naming `settings`; otherwise return, and the caller re-raises."""
+    if isinstance(exc, StreamingT2VOutOfMemoryError) or not _is_out_of_memory(exc):
+        return  # not memory, or an inner part already freed memory and wrote the advice
+    free_after_oom()
+    message = oom_message(node, settings, exc)
+    log.error("StreamingT2V: %s", message)
+    raise StreamingT2VOutOfMemoryError(message) from exc
+
+
 @contextlib.contextmanager
 def oom_advice(node: str, settings: Mapping[str, object]) -> Iterator[None]:
     """Re-raise an out-of-memory error inside the block as StreamingT2VOutOfMemoryError naming `settings`,
@@ -80,15 +92,9 @@ def oom_advice(node: str, settings: Mapping[str, object]) -> Iterator[None]:
     oom_message(node, settings)  # unknown setting names fail here, not only when memory runs out
     try:
         yield
-    except StreamingT2VOutOfMemoryError:
-        raise  # an inner node part already freed memory and wrote the advice
     except (RuntimeError, MemoryError) as exc:
-        if not _is_out_of_memory(exc):
-            raise
-        free_after_oom()
-        message = oom_message(node, settings, exc)
-        log.error("StreamingT2V: %s", message)
-        raise StreamingT2VOutOfMemoryError(message) from exc
+        advise_out_of_memory(exc, node, settings)
+        raise
 
 
 def model_name_problem(input_name: str, name, folder: str) -> str | None:

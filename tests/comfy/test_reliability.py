@@ -586,7 +586,9 @@ def _bounds_cases():
 
     def refine(field, value):
         def make():
-            return refine_graph(seed=5002, **{field: value})
+            g = refine_graph(seed=5002)
+            g["3"]["inputs"][field] = value
+            return g
         return make
 
     def anchor_index(value):
