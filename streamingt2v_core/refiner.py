@@ -169,11 +169,15 @@ def infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = N
 def _infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = None) -> dict:
     """UNet3DConditionModel kwargs from the official or diffusers tensor shapes.
 
-    Shapes cannot tell the attention head size: it comes from `config` (tiny_v2v_config.json: unet.kwargs.head_dim,
-    or a diffusers config's attention_head_dim), else the official 64.
+    The attention head size comes from `config` (tiny_v2v_config.json: unet.kwargs.head_dim, or a diffusers
+    config's attention_head_dim), else from the initial temporal transformer (8 heads; official 64).
     """
     kw = ((config or {}).get("unet") or {}).get("kwargs") or {}
-    head_dim = kw.get("head_dim", (config or {}).get("attention_head_dim", 64))
+    head_dim = kw.get("head_dim", (config or {}).get("attention_head_dim"))
+    if head_dim is None:
+        # the initial temporal transformer has 8 heads of head_dim (official and diffusers alike)
+        proj = state.get("input_blocks.0.1.proj_in.weight", state.get("transformer_in.proj_in.weight"))
+        head_dim = proj.shape[0] // 8 if proj is not None else 64
     if is_official_unet(state):
         n_levels = sum(1 for k in state if re.fullmatch(r"input_blocks\.\d+\.op\.weight", k)) + 1
         n_out = len({int(m.group(1)) for k in state if (m := re.match(r"output_blocks\.(\d+)\.", k))})
@@ -582,3 +586,57 @@ def load_diffusers_refiner(folder, device="cpu", dtype=torch.float32, canvas: tu
         vae = AutoencoderKL.from_pretrained(folder / "vae").eval().requires_grad_(False).to(device)
     return DiffusersT2VRefiner(unet.to(device=device, dtype=dtype), sched_cls.from_config(sched_cfg), text, tok, vae,
                                dtype, canvas)
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversion: the official MS-Vid2Vid-XL files -> a folder of safetensors (only the tensors the refiner uses)
+
+def convert_official_folder(src, dst, dtype: str = "fp16") -> Path:
+    """Write unet/text_encoder/vae.safetensors from the official folder: official key names, the text tower
+    without the vision tower, the autoencoder without the rest of the SD checkpoint.
+    The UNet is stored in `dtype` (the official run casts it to fp16); text encoder and VAE stay fp32."""
+    from safetensors.torch import save_file
+
+    src, dst = Path(src), Path(dst)
+    files = {name: _find(src, OFFICIAL_FILES[name]) for name in OFFICIAL_FILES}
+    missing = [OFFICIAL_FILES[n] for n, f in files.items() if f is None]
+    if missing:
+        raise RefinerLoadError(f"{src}: missing {', '.join(missing)}; {_FIX}")
+    unet_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    dst.mkdir(parents=True, exist_ok=True)
+    unet = read_weights(files["unet"])
+    infer_unet_config(unet)  # refuse anything that is not a Vid2Vid UNet before writing
+    save_file({k: v.to(unet_dtype).contiguous() for k, v in unet.items()}, str(dst / CONVERTED_FILES["unet"]))
+    del unet
+    text = read_weights(files["text_encoder"])
+    text = {k[len("module."):] if k.startswith("module.") else k: v for k, v in text.items()}
+    # the text tower only (the vision tower is deleted officially); the last block stays so the depth,
+    # and hence which layer is the penultimate, can still be read from the keys
+    keep = [k for k in text if k.startswith(("token_embedding.", "positional_embedding", "transformer.", "ln_final."))]
+    OpenCLIPTextEncoder.from_state_dict({k: text[k] for k in keep})  # refuse an incomplete tower before writing
+    save_file({k: text[k].float().contiguous() for k in keep}, str(dst / CONVERTED_FILES["text_encoder"]))
+    del text
+    vae = read_weights(files["autoencoder"])
+    save_file({k: v.float().contiguous() for k, v in vae.items() if k.startswith("first_stage_model.")},
+              str(dst / CONVERTED_FILES["autoencoder"]))
+    for name in ("tiny_v2v_config.json", "refiner_config.json"):
+        if (src / name).is_file():
+            (dst / name).write_text((src / name).read_text())
+    return dst
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m streamingt2v_core.refiner",
+                                 description="Convert the official MS-Vid2Vid-XL folder to safetensors.")
+    ap.add_argument("src", help="folder with non_ema_0035000.pth, open_clip_pytorch_model.bin, v2-1_512-ema-pruned.ckpt")
+    ap.add_argument("dst", help="output folder (e.g. ComfyUI/models/streamingt2v_refiner/ms_vid2vid_xl)")
+    ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="UNet storage dtype")
+    args = ap.parse_args(argv)
+    print(convert_official_folder(args.src, args.dst, args.dtype))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,3 +62,40 @@ def test_refine_video_keeps_41_frames_and_crops(tiny):
     torch.testing.assert_close(padded, again, rtol=0, atol=0)  # a seed reproduces the video
     other = refine_video(tiny, images[:16], "a cat", "", steps=1, seed=4, canvas=TINY_CANVAS, crop=False)
     assert not torch.equal(padded, other)
+
+
+class _FrameEcho:
+    """Refiner stand-in whose x0 is its input: the solver, chunking and stitching run for real, cheaply."""
+
+    family = "ms-vid2vid"
+
+    def __init__(self):
+        from streamingt2v_core.schedules import VPSchedule
+
+        self.schedule, self.calls = VPSchedule(), []
+
+    def check_latent_size(self, h, w):
+        pass
+
+    def predict_x0(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2):
+        self.calls.append(tuple(x_t.shape))
+        return x_t.float()
+
+
+@pytest.mark.parametrize("frames", [16, 24, 40, 41, 57, 240])
+def test_refine_latents_keeps_every_frame(frames):
+    from streamingt2v_core.blending import chunk_starts
+    from streamingt2v_core.refine import refine_latents
+
+    echo = _FrameEcho()
+    noised = torch.randn(1, 4, frames, 2, 2, generator=torch.Generator().manual_seed(frames))
+    ctx = torch.zeros(1, 77, 8)
+    steps = []
+    out = refine_latents(echo, noised, ctx, ctx, steps=3, seed=1, callback=lambda i, n, x0: steps.append(x0.shape))
+    assert out.shape == noised.shape and torch.isfinite(out).all()
+    assert steps == [noised.shape] * 3
+    n_chunks = len(chunk_starts(frames))
+    assert echo.calls == [(n_chunks, 4, min(24, frames), 2, 2)] * 3  # all chunks of a step in one call
+    echo.calls.clear()
+    refine_latents(echo, noised, ctx, ctx, steps=3, seed=1, chunk_batch=2)
+    assert len(echo.calls) == 3 * -(-n_chunks // 2)
