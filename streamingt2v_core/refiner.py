@@ -12,6 +12,7 @@ Weights load from the official files safely (safetensors, or torch.load(weights_
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -263,6 +264,13 @@ class _TextBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+@functools.lru_cache(maxsize=1)
+def _clip_bpe():
+    from open_clip.tokenizer import SimpleTokenizer  # ships the CLIP BPE vocabulary; read once
+
+    return SimpleTokenizer()
+
+
 class OpenCLIPTextEncoder(nn.Module):
     """OpenCLIP text tower as FrozenOpenCLIPEmbedder(layer='penultimate') runs it: blocks 0..L-2, then ln_final."""
 
@@ -292,9 +300,7 @@ class OpenCLIPTextEncoder(nn.Module):
     @staticmethod
     def tokenize(texts: list[str], context: int = 77) -> torch.Tensor:
         """open_clip.tokenize: lower-cased CLIP BPE, SOT ... EOT, zero padded (EOT forced when truncated)."""
-        from open_clip.tokenizer import SimpleTokenizer
-
-        tok = SimpleTokenizer()
+        tok = _clip_bpe()
         sot, eot = tok.encoder["<start_of_text>"], tok.encoder["<end_of_text>"]
         out = torch.zeros(len(texts), context, dtype=torch.long)
         for i, text in enumerate(texts):

@@ -177,3 +177,21 @@ def test_converter_keeps_only_used_tensors(tmp_path, tiny_official, oracle):
     y, y_neg = oracle["denoise/ctx/y"], oracle["denoise/ctx/y_neg"]
     torch.testing.assert_close(conv.predict_x0(xt, t, y, y_neg), tiny_official.predict_x0(xt, t, y, y_neg))
     torch.testing.assert_close(conv.encode_prompt("a cat")[0], tiny_official.encode_prompt("a cat")[0])
+
+
+def _meta_state(manifest):
+    rows = [line.split("\t") for line in (DATA / manifest).read_text().splitlines()[1:]]
+    return {r[0]: torch.empty(json.loads(r[1]), device="meta") for r in rows}
+
+
+def test_real_text_encoder_and_autoencoder_from_shapes():
+    """The official open_clip ViT-H-14 file and SD 2.1 .ckpt, as shapes: what we build and use from them."""
+    from streamingt2v_core.refiner import build_autoencoder
+
+    with torch.device("meta"):
+        enc = OpenCLIPTextEncoder.from_state_dict(_meta_state("refiner_text_encoder_manifest.tsv"))
+        vae = build_autoencoder(_meta_state("refiner_autoencoder_manifest.tsv"))
+    assert len(enc.transformer.resblocks) == 23 and enc.transformer.resblocks[0].heads == 16  # penultimate of 24
+    assert sum(p.numel() for p in enc.parameters()) == 340_387_840  # the text tower's used part (spec §13)
+    assert tuple(vae.config.block_out_channels) == (128, 256, 512, 512)
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
