@@ -21,39 +21,33 @@ RefinerModel = io.Custom("STREAMINGT2V_REFINER")
 OUTPUT_CHOICES = ["crop to content", "padded canvas (official 1280x720)"]
 # what marks a folder as one refiner: official ModelScope files, our converted files, or a diffusers T2V folder
 _MARKERS = ("non_ema_0035000.pth", "unet.safetensors", "model_index.json", "unet/config.json")
-_UNET_EXTENSIONS = {".pth", ".pt", ".safetensors", ".sft"}
 
 
 def _is_refiner_folder(path: str) -> bool:
     return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, m)) for m in _MARKERS)
 
 
-def refiner_choices() -> list:
-    """Refiner folders (and loose UNet files) in every registered models/streamingt2v_refiner path.
-
-    A path that is itself a refiner folder is offered under its own name."""
-    out = []
+def _refiner_folders() -> dict:
+    """Name -> path of every refiner folder in the registered models/streamingt2v_refiner paths (a UNet file
+    alone cannot refine pixels: the text encoder and autoencoder live beside it). A registered path that is
+    itself a refiner folder is offered under its own name."""
+    found = {}
     for root in folder_paths.get_folder_paths(FOLDER):
-        if not os.path.isdir(root):
-            continue
         if _is_refiner_folder(root):
-            out.append(os.path.basename(os.path.normpath(root)))
-            continue
-        for name in sorted(os.listdir(root)):
-            full = os.path.join(root, name)
-            if _is_refiner_folder(full) or (os.path.isfile(full) and os.path.splitext(name)[1].lower() in _UNET_EXTENSIONS):
-                out.append(name)
-    return sorted(set(out))
+            found.setdefault(os.path.basename(os.path.normpath(root)), root)
+        elif os.path.isdir(root):
+            for name in sorted(os.listdir(root)):
+                if _is_refiner_folder(os.path.join(root, name)):
+                    found.setdefault(name, os.path.join(root, name))
+    return found
+
+
+def refiner_choices() -> list:
+    return sorted(_refiner_folders())
 
 
 def refiner_path(name: str) -> str | None:
-    for root in folder_paths.get_folder_paths(FOLDER):
-        if _is_refiner_folder(root) and os.path.basename(os.path.normpath(root)) == name:
-            return root
-        cand = os.path.join(root, name)
-        if _is_refiner_folder(cand) or os.path.isfile(cand):
-            return cand
-    return None
+    return _refiner_folders().get(name)
 
 
 class LoadStreamingT2VRefiner(io.ComfyNode):
