@@ -155,12 +155,13 @@ def decode_latents(vae, latent: torch.Tensor, scale: float, slice_size: int = 4,
 @torch.no_grad()
 def refine_video(refiner, images: torch.Tensor, prompt: str, negative_prompt: str = "", strength_step: int = 600,
                  steps: int = 30, guidance: float = 7.5, rescale: float = 0.2, chunk: int = 24, overlap: int = 8,
-                 seed: int = 0, crop: bool = True, canvas: tuple[int, int] | None = None, slice_size: int = 4,
+                 seed: int = 0, crop: bool = True, canvas: tuple[int, int] | None = None, slice_size: int = 1,
                  chunk_batch: int | None = None, callback: StepCallback | None = None,
                  offsets=None, brownian_noise=None) -> torch.Tensor:
     """IMAGE (T, H, W, 3) in [0, 1] -> refined IMAGE, cropped to the content unless crop=False.
 
     strength_step: SDEdit start as a step of the 1000 (official 600, i.e. t = 599).
+    slice_size: frames per VAE call (official 1: a 1280x720 frame alone needs gigabytes of decoder activations).
     Seeds: posterior and initial noise come from one CPU generator seeded with `seed`, the offsets from
     another, the Brownian tree from entropy `seed` (so a seed reproduces a video on a given device)."""
     if images.ndim != 4 or images.shape[-1] != 3:
