@@ -1,7 +1,10 @@
 """StreamingT2V benchmark: time, memory and FLOPs of stage 2 (streaming) and stage 3 (refiner).
 
-    OMP_NUM_THREADS=1 python bench/run.py [--device cpu|cuda] [--json OUT] [--quick] [--real]
+    OMP_NUM_THREADS=1 python bench/run.py [--device cpu|cuda] [--json OUT] [--quick | --full] [--real]
                                          [--peak-tflops 989] [--steps N] [--dtype fp32|bf16|fp16]
+
+Default: about 3 minutes on one loaded CPU thread; --quick under one; --full (growth to 1024 frames,
+refiner to 256) about 7.
 
 Sections (each printed as it finishes, all collected in --json):
   env       torch, device, threads, machine load (`uptime`) before and after
@@ -10,11 +13,14 @@ Sections (each printed as it finishes, all collected in --json):
   split     cost of one step by part, each timed by calling the module directly: CAM, base UNet (with the
             CAM features given), DDIM + guidance bookkeeping; and the per-stream / per-frame parts: APM
             (encode_anchor), text encoder, VAE decode per frame
-  growth    a stream grown from 16 to 64, 256, 1024 frames with 1 DDIM step per chunk (memory does not depend
+  options   time cost and output difference of each memory option (streamingt2v_core.memory) on the tiny model
+  growth    a stream grown from 16 to 64, 256 (--full: 1024) frames with 1 DDIM step per chunk (memory does not depend
             on the step count; 50 steps would only take longer): host RSS, peak RSS, peak accelerator memory,
             and host bytes per added frame against the float32 frames the stream keeps
   refiner   tiny refiner: time per solver step over the whole video and memory vs frames (latent only), with
             all chunks in one UNet batch (the default) and one chunk per call (chunk_batch=1)
+  estimate  memory of the real-size models at 256x256 (stage 2) and 1280x720 (refiner), from meta-device runs
+            (memory.activation_peak_bytes) and parameter counts, for the plans in bench/README.md
   flops     UNet FLOPs per step of the real-size architecture, counted with torch.utils.flop_counter on the
             meta device (no weights allocated); with --real on a GPU, the achieved fraction of --peak-tflops
   real      (--real) the real-size architecture with random weights: per step and per chunk on a GPU,
@@ -25,6 +31,9 @@ The tiny models are the oracle's (tests/data/oracle, tests/data/refiner), at the
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
+import gc
 import json
 import os
 import platform
@@ -43,6 +52,8 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 from core_bench import DTYPES, denoiser_inputs, real_size_model, tiny_model  # noqa: E402
 
 import streamingt2v_core as st  # noqa: E402
+from streamingt2v_core import memory  # noqa: E402
+from streamingt2v_core.memory import LiveTensorBytes  # noqa: E402
 from streamingt2v_core.model import build_on_meta  # noqa: E402
 from streamingt2v_core.streaming import StreamConditioning, extend_video, generate_chunk, make_scheduler  # noqa: E402
 
@@ -115,6 +126,8 @@ def row(results: dict, section: str, label: str, **values) -> None:
             parts.append(f"{k[:-4]} {v:9.1f} MiB")
         elif k.endswith("_kib"):
             parts.append(f"{k[:-4]} {v:8.1f} KiB")
+        elif k.endswith("gib"):
+            parts.append(f"{k[:-3] or ''}{v:7.3f} GiB")
         elif k.endswith("tflop"):
             parts.append(f"{v:9.3f} TFLOP")
         elif isinstance(v, float):
@@ -142,7 +155,9 @@ def bench_step(model, device, args, results) -> None:
     g = torch.Generator().manual_seed(0)
     latents = sample[:1].float()
     step_s = timeit(lambda: guided_step(model, sched, latents, t, ehs, cond, 50, 7.5, g), device, args.repeat)
-    row(results, "step", f"tiny step (2x{cfg.chunk_frames} frames {cfg.height}x{cfg.width})", time_ms=step_s * 1e3)
+    flops = count_flops(lambda: model.predict_noise(sample, t, ehs, cond))
+    row(results, "step", f"tiny step (2x{cfg.chunk_frames} frames {cfg.height}x{cfg.width})", time_ms=step_s * 1e3,
+        gflop=round(flops / 1e9, 2), achieved_gflops=round(flops / step_s / 1e9, 1))
     frames = torch.rand(16, 3, cfg.height, cfg.width, generator=torch.Generator().manual_seed(1))
     sc = StreamConditioning.build(model, "a benchmark", "", anchor=frames[0])
     chunk_s = timeit(lambda: generate_chunk(model, frames, sc, steps=args.steps, generator=torch.Generator().manual_seed(0)),
@@ -190,24 +205,83 @@ def bench_split(model, device, args, results) -> None:
     row(results, "split", "VAE decode per frame (slices of 8)", time_ms=vae * 1e3 / cfg.chunk_frames)
 
 
+def bench_options(model, device, args, results) -> None:
+    """Time cost of each memory option on one tiny denoiser call (CFG batch); their memory effect at real
+    size is in the estimate section."""
+    import copy
+
+    sample, ehs, cond = denoiser_inputs(model, device)
+    t = torch.tensor(501, device=device)
+    call = lambda m: m.predict_noise(sample, t, ehs, cond)  # noqa: E731
+    rep = max(1, args.repeat - 1)
+    ref = call(model)
+    base = timeit(lambda: call(model), device, rep)
+    row(results, "options", "none (plain SDPA, whole feed-forward)", time_ms=base * 1e3)
+    memory.set_attention_slicing(model, 16)
+    sec = timeit(lambda: call(model), device, rep)
+    err = (call(model) - ref).abs().max().item()
+    memory.set_attention_slicing(model, None)
+    row(results, "options", "attention in query slices of 16", time_ms=sec * 1e3, max_abs_diff=err)
+    memory.set_feed_forward_chunking(model, 512)
+    sec = timeit(lambda: call(model), device, rep)
+    err = (call(model) - ref).abs().max().item()
+    memory.set_feed_forward_chunking(model, None)
+    row(results, "options", "feed-forward in chunks of 512 tokens", time_ms=sec * 1e3, max_abs_diff=err)
+    q = copy.deepcopy(model)
+    memory.fp8_weights(q.base_model)
+    memory.fp8_weights(q.unet)
+    sec = timeit(lambda: call(q), device, rep)
+    out = call(q)
+    row(results, "options", "fp8 weights (base UNet + CAM), upcast at use", time_ms=sec * 1e3,
+        rel_l2_err=round(((out - ref).norm() / ref.norm()).item(), 4),
+        weights_mib=memory.parameter_bytes(q.base_model) / MiB + memory.parameter_bytes(q.unet) / MiB,
+        fp32_weights_mib=memory.parameter_bytes(model.base_model) / MiB + memory.parameter_bytes(model.unet) / MiB)
+    del q
+    off = memory.sequential_offload(model, device, swap_cam=True)
+    with off:
+        sec = timeit(lambda: call(model), device, rep)
+        err = (call(model) - ref).abs().max().item()
+    row(results, "options", "sequential offload with CAM/base swap", time_ms=sec * 1e3, max_abs_diff=err,
+        moves=len(off.moves))
+
+
+def settle() -> None:
+    """Let freed memory go back to the OS before reading RSS (glibc keeps freed chunks otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def slope(xs, ys) -> float:
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
 def bench_growth(model, device, args, results) -> None:
     """Grows one stream and measures at each milestone. The frames kept are what a ChunkAssembler keeps:
-    16 initial + 8 new per chunk, float32 (3, H, W) on the host."""
+    16 initial + 8 new per chunk, float32 (3, H, W) on the host. Besides RSS, the bytes of tensors created
+    during the stream and still referenced are tracked exactly (memory.LiveTensorBytes)."""
     cfg = model.config
     h, w = cfg.height, cfg.width
+    guidance = 7.5 if is_cuda(device) else args.growth_guidance
     first = torch.rand(16, 3, h, w, generator=torch.Generator().manual_seed(2))
     kept = [first]
     n_kept = [16]
     milestones = sorted(m for m in args.frames if m >= 16)
     marks = {}
-    state = {"t": time.perf_counter()}
+    tracker = LiveTensorBytes()
 
     def record():
         frames = n_kept[0]
         if frames in milestones and frames not in marks:
             sync(device)
+            settle()
             marks[frames] = {"rss": rss_now(), "peak_rss": rss_peak(), "accel": accel_peak(device),
-                             "seconds": time.perf_counter() - state["t"]}
+                             "live": tracker.live + first.numel() * 4,
+                             "transient": tracker.peak - tracker.live}  # working set above what is kept
+            tracker.peak = tracker.live  # the next milestone's peak covers its own chunks only
 
     def on_chunk(_c, fresh):
         kept.append(fresh)
@@ -218,23 +292,30 @@ def bench_growth(model, device, args, results) -> None:
     record()
     new_per_chunk = cfg.chunk_frames - cfg.cond_frames
     chunks = (max(milestones) - 16) // new_per_chunk
+    print(f"  1 DDIM step per chunk, guidance {guidance} ({'both CFG rows' if guidance != 1 else 'conditional row only: the CPU run measures host memory, which CFG does not change'})")
     if chunks > 0:
         t0 = time.perf_counter()
-        extend_video(model, first, chunks, "a growing video", steps=1, seed=0, on_chunk=on_chunk)
+        with tracker:
+            extend_video(model, first, chunks, "a growing video", steps=1, guidance=guidance, seed=0, on_chunk=on_chunk)
         per_chunk = (time.perf_counter() - t0) / chunks
         row(results, "growth", "chunk at 1 DDIM step (incl. decode)", time_ms=per_chunk * 1e3, chunks=chunks)
     frame_bytes = 3 * h * w * 4
-    prev = None
-    for frames in milestones:
-        m = marks.get(frames)
-        if m is None:
-            continue
-        per_frame = None if prev is None else (m["rss"] - prev["rss"]) / (frames - prev["frames"]) / 1024
+    done = [f for f in milestones if f in marks]
+    for frames in done:
+        m = marks[frames]
         row(results, "growth", f"{frames:5d} frames", rss_mib=m["rss"] / MiB, peak_rss_mib=m["peak_rss"] / MiB,
             accel_peak_mib=None if m["accel"] is None else m["accel"] / MiB,
-            host_per_frame_kib=per_frame, kept_frames_mib=frames * frame_bytes / MiB)
-        prev = {"frames": frames, **m}
-    print(f"  float32 frame at {w}x{h}: {frame_bytes / 1024:.0f} KiB (at 256x256: {256 * 256 * 12 / 1024:.0f} KiB)")
+            live_tensors_mib=m["live"] / MiB, transient_mib=m["transient"] / MiB if frames > 16 else None,
+            kept_frames_mib=frames * frame_bytes / MiB)
+    if len(done) >= 2:
+        rss_slope = slope(done, [marks[f]["rss"] for f in done])
+        live_slope = slope(done, [marks[f]["live"] for f in done])
+        results["growth_per_frame"] = {"rss_bytes": rss_slope, "live_tensor_bytes": live_slope, "frame_bytes": frame_bytes}
+        print(f"  host bytes per added frame: RSS {rss_slope / 1024:.1f} KiB, live tensors {live_slope / 1024:.2f} KiB; "
+              f"a float32 frame at {w}x{h} is {frame_bytes / 1024:.0f} KiB (at 256x256: {256 * 256 * 12 / 1024:.0f} KiB)")
+        if is_cuda(device):
+            peaks = [marks[f]["accel"] for f in done]
+            print(f"  accelerator peak across lengths: {min(peaks) / MiB:.1f} .. {max(peaks) / MiB:.1f} MiB")
     del kept
 
 
@@ -268,25 +349,35 @@ def bench_refiner(device, dtype, args, results) -> None:
         print(f"  skipped: {why}")
         results["refiner_skipped"] = why
         return
-    print(f"  using {source}; tiny MS-Vid2Vid UNet, latent 10x16 per frame, chunk 24 overlap 8, 2 solver steps")
+    print(f"  using {source}; tiny MS-Vid2Vid UNet, latent 4x10x16 per frame (80x128 px), chunk 24 overlap 8, "
+          "1 solver step; 'live' = peak bytes of tensors made during the call (memory.LiveTensorBytes)")
     ctx = torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(3)).to(device)
     neg = torch.zeros_like(ctx)
-    steps = 2
-    for batch in (None, 1):
-        for frames in [f for f in args.refiner_frames]:
+    steps = 1
+    per_frame = 4 * 10 * 16 * 4
+    for batch in (1, None) if not args.quick else (1,):
+        lengths = args.refiner_frames if batch == 1 else [f for f in args.refiner_frames if f <= 64]
+        for frames in lengths:
             lat = torch.randn(1, 4, frames, 10, 16, generator=torch.Generator().manual_seed(4)).to(device)
             reset_accel_peak(device)
             sync(device)
-            before = rss_now()
+            tracker = LiveTensorBytes()
             t0 = time.perf_counter()
-            refine_latents(refiner, lat, ctx, neg, steps=steps, seed=0, chunk_batch=batch)
+            with tracker:
+                refine_latents(refiner, lat, ctx, neg, steps=steps, seed=0, chunk_batch=batch)
             sync(device)
             sec = (time.perf_counter() - t0) / steps
             row(results, "refiner", f"{frames:5d} frames, chunk_batch={batch or 'all'}", step_ms=sec * 1e3,
-                latent_kib=lat.numel() * 4 / 1024, rss_delta_mib=(rss_now() - before) / MiB,
-                peak_rss_mib=rss_peak() / MiB,
+                latent_kib=frames * per_frame / 1024, live_peak_mib=tracker.peak / MiB,
                 accel_peak_mib=None if accel_peak(device) is None else accel_peak(device) / MiB)
             del lat
+    rows = {r["label"]: r for r in results.get("refiner", [])}
+    # from 64 frames on every chunk has its full 24 frames, so the growth left is the whole-video state
+    ones = [f for f in args.refiner_frames if f >= 64 and f"{f:5d} frames, chunk_batch=1" in rows]
+    if len(ones) >= 2:
+        b = slope(ones, [rows[f"{f:5d} frames, chunk_batch=1"]["live_peak_mib"] * MiB for f in ones])
+        results["refiner_live_bytes_per_frame"] = b
+        print(f"  chunk_batch=1: live bytes grow {b / 1024:.1f} KiB per frame = {b / per_frame:.1f} whole-video latents (fp32)")
     del refiner
 
 
@@ -330,6 +421,11 @@ def real_flops(results) -> dict:
     row(results, "flops", "APM (image encoder + resampler), per call", tflop=out["apm"] / 1e12)
     row(results, "flops", "parameters (B)", **{k: round(v / 1e9, 3) for k, v in n.items()})
     del model
+    unet = meta_refiner_unet()
+    if unet is None:
+        return out
+    out["refiner_chunk"] = count_flops(refiner_chunk_call(unet, 2))
+    row(results, "flops", "refiner UNet, one chunk (2 rows x 24 frames 1280x720)", tflop=out["refiner_chunk"] / 1e12)
     return out
 
 
@@ -373,7 +469,176 @@ def bench_real(device, args, results, flops) -> None:
                    device, repeat=1)
     row(results, "real", f"chunk ({args.steps} steps + decode)", time_ms=chunk * 1e3, accel_peak_mib=accel_peak(device) / MiB)
     if args.real_growth:
-        bench_growth(model, device, argparse.Namespace(frames=[16, 64, 256]), results)
+        bench_growth(model, device, argparse.Namespace(frames=[16, 64, 256], growth_guidance=7.5), results)
+
+
+# -- memory estimate of the real-size models (meta device) -------------------------------------------
+
+def weight_bytes(module, dtype_bytes: int = 2, fp8: bool = False) -> int:
+    """Parameter bytes in a dtype of `dtype_bytes`; with fp8, Linear/Conv weights take 1 byte a value plus a
+    float32 scale per output channel (memory.fp8_weights), the rest stays in the dtype."""
+    total = 0
+    for m in module.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if fp8 and name == "weight" and isinstance(m, memory._FP8_LAYERS):
+                total += p.numel() + p.shape[0] * 4
+            else:
+                total += p.numel() * dtype_bytes
+    return total
+
+
+def _gib(b) -> float:
+    return round(b / GiB, 3)
+
+
+def stage2_estimate(results) -> dict:
+    model = build_on_meta(st.load_config(None)).to(torch.float16)
+    cfg = model.config
+    sf = cfg.vae_scale_factor
+    with torch.device("meta"):
+        sample = torch.empty(2, 4, cfg.chunk_frames, cfg.height // sf, cfg.width // sf, dtype=torch.float16)
+        ehs = torch.empty(2, cfg.text_tokens + cfg.apm_tokens, cfg.context_dim, dtype=torch.float16)
+        cond = torch.empty(2, cfg.cond_frames, 3, cfg.height, cfg.width, dtype=torch.float16)
+        t = torch.tensor(501)
+        z8 = torch.empty(8, 4, cfg.height // sf, cfg.width // sf, dtype=torch.float16)
+        img = torch.empty(1, 3, cfg.height, cfg.width, dtype=torch.float16)
+        ids = torch.zeros(2, cfg.text_tokens, dtype=torch.long)
+    step = lambda: model.predict_noise(sample, t, ehs, cond)  # noqa: E731
+    act = {"step": memory.activation_peak_bytes(step)}
+    memory.set_feed_forward_chunking(model, 16384)
+    act["step_ff_chunks"] = memory.activation_peak_bytes(step)
+    memory.set_feed_forward_chunking(model, None)
+    act["step_math_attention"] = memory.activation_peak_bytes(step, fused_attention=False)
+    memory.set_attention_slicing(model, 256)
+    act["step_math_attention_sliced_256"] = memory.activation_peak_bytes(step, fused_attention=False)
+    memory.set_attention_slicing(model, None)
+    act["vae_decode_8_frames"] = memory.activation_peak_bytes(lambda: model.vae.decode(z8))
+    act["apm"] = memory.activation_peak_bytes(lambda: model.resampler(model.image_encoder(img)[:, None]))
+    act["text"] = memory.activation_peak_bytes(lambda: model.text_encoder(ids))
+    w = {p: weight_bytes(getattr(model, p)) for p in ("base_model", "unet", "image_encoder", "resampler", "text_encoder", "vae")}
+    w8 = {p: weight_bytes(getattr(model, p), fp8=True) for p in ("base_model", "unet")}
+    for k, v in act.items():
+        row(results, "estimate", f"stage 2 activations: {k}", gib=_gib(v))
+    for k, v in w.items():
+        row(results, "estimate", f"stage 2 weights fp16: {k}", gib=_gib(v), fp8_gib=_gib(w8[k]) if k in w8 else None)
+    unets, others = w["base_model"] + w["unet"], sum(w[p] for p in ("image_encoder", "resampler", "text_encoder", "vae"))
+    side = max(act["vae_decode_8_frames"] + w["vae"], act["apm"] + w["image_encoder"] + w["resampler"],
+               act["text"] + w["text_encoder"])
+    plans = {
+        "all resident, fp16": unets + others + max(act["step"], act["vae_decode_8_frames"], act["apm"], act["text"]),
+        "sequential offload (text, image encoder, resampler, VAE)": unets + max(act["step"], side),
+        "offload + fp8 UNets": w8["base_model"] + w8["unet"] + max(act["step"], side),
+        "offload + CAM/base swap": max(w["base_model"], w["unet"]) + max(act["step"], side),
+    }
+    for k, v in plans.items():
+        row(results, "estimate", f"stage 2 peak 256x256: {k}", gib=_gib(v))
+    del model
+    return {"activations": act, "weights": w, "weights_fp8": w8, "plans": plans}
+
+
+REFINER_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                    down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
+                    up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3, cross_attention_dim=1024,
+                    attention_head_dim=64, norm_num_groups=32)  # MS-Vid2Vid-XL, as refiner.infer_unet_config reads it
+SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+              up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+              latent_channels=4, norm_num_groups=32)
+
+
+def meta_refiner_unet():
+    """The real-size refiner UNet (fp16) on the meta device, or None with a printed reason."""
+    try:
+        from streamingt2v_core.refiner import build_unet
+    except ImportError as e:
+        print(f"  refiner part skipped: {e}")
+        return None
+    import logging
+
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    with torch.device("meta"):
+        return build_unet(REFINER_UNET).to(torch.float16)
+
+
+def refiner_chunk_call(unet, rows: int, h: int = 90, w: int = 160, clen: int = 24):
+    """One refiner UNet call on a 24-frame chunk at 1280x720 (latent 90x160), `rows` CFG rows, meta tensors."""
+    with torch.device("meta"):
+        x = torch.empty(rows, 4, clen, h, w, dtype=torch.float16)
+        ctx = torch.empty(rows, 77, 1024, dtype=torch.float16)
+        tt = torch.full((rows,), 599)
+    return lambda: unet(x, tt, encoder_hidden_states=ctx, return_dict=False)[0]
+
+
+def refiner_estimate(results, latent_copies: float) -> dict | None:
+    unet = meta_refiner_unet()
+    if unet is None:
+        return None
+    from diffusers import AutoencoderKL
+
+    from streamingt2v_core.refiner import OpenCLIPTextEncoder
+
+    with torch.device("meta"):
+        text = OpenCLIPTextEncoder(layers=24)
+        vae = AutoencoderKL(**SD_VAE)
+    h, w = 90, 160
+    act = {}
+    call = functools.partial(refiner_chunk_call, unet)
+
+    act["unet_chunk_cfg_batched"] = memory.activation_peak_bytes(call(2))
+    act["unet_chunk_one_row"] = memory.activation_peak_bytes(call(1))
+    memory.set_feed_forward_chunking(unet, 16384)
+    act["unet_chunk_cfg_batched_ff_chunks"] = memory.activation_peak_bytes(call(2))
+    act["unet_chunk_one_row_ff_chunks"] = memory.activation_peak_bytes(call(1))
+    memory.set_feed_forward_chunking(unet, None)
+    for dt, name in ((torch.float32, "fp32"), (torch.float16, "fp16")):
+        vae.to(dt)
+        with torch.device("meta"):
+            z = torch.empty(4, 4, h * 8 // 8, w, dtype=dt)
+            px = torch.empty(4, 3, 720, 1280, dtype=dt)
+        act[f"vae_decode_4_frames_{name}"] = memory.activation_peak_bytes(lambda: vae.decode(z).sample)
+        act[f"vae_encode_4_frames_{name}"] = memory.activation_peak_bytes(lambda: vae.encode(px).latent_dist.mean)
+    with torch.device("meta"):
+        ids = torch.zeros(2, 77, dtype=torch.long)
+    act["text"] = memory.activation_peak_bytes(lambda: text(ids))
+    wts = {"unet_fp16": weight_bytes(unet), "unet_fp8": weight_bytes(unet, fp8=True),
+           "text_fp32": weight_bytes(text, 4), "text_fp16": weight_bytes(text), "vae_fp32": weight_bytes(vae, 4),
+           "vae_fp16": weight_bytes(vae)}
+    n = {"unet": sum(p.numel() for p in unet.parameters()), "text": sum(p.numel() for p in text.parameters()),
+         "vae": sum(p.numel() for p in vae.parameters())}
+    row(results, "estimate", "refiner parameters (B)", **{k: round(v / 1e9, 3) for k, v in n.items()})
+    for k, v in act.items():
+        row(results, "estimate", f"refiner 1280x720 activations: {k}", gib=_gib(v))
+    for k, v in wts.items():
+        row(results, "estimate", f"refiner weights: {k}", gib=_gib(v))
+    latent_frame = 4 * h * w * 4 * latent_copies
+    for frames in (240, 1200):
+        chunks = -(-(frames - 8) // 16)
+        lat = latent_frame * frames
+        side = max(act["vae_decode_4_frames_fp16"] + wts["vae_fp16"], act["text"] + wts["text_fp16"])
+        plans = {
+            "refine_latents default (chunk_batch=None: all chunks in one call), fp32 text+VAE resident":
+                wts["unet_fp16"] + wts["text_fp32"] + wts["vae_fp32"] + chunks * act["unet_chunk_cfg_batched"] + lat,
+            "chunk_batch=1, CFG batched, text+VAE resident fp16":
+                wts["unet_fp16"] + wts["text_fp16"] + wts["vae_fp16"] + act["unet_chunk_cfg_batched"] + lat,
+            "chunk_batch=1 + feed-forward chunks + offload text/VAE":
+                wts["unet_fp16"] + lat + max(act["unet_chunk_cfg_batched_ff_chunks"], side),
+            "same + one CFG row per call (refiner change)":
+                wts["unet_fp16"] + lat + max(act["unet_chunk_one_row_ff_chunks"], side),
+            "same + fp8 UNet":
+                wts["unet_fp8"] + lat + max(act["unet_chunk_one_row_ff_chunks"], side),
+        }
+        for k, v in plans.items():
+            row(results, "estimate", f"refiner peak {frames} frames: {k}", gib=_gib(v))
+    return {"activations": act, "weights": wts, "params": n, "latent_bytes_per_frame": latent_frame}
+
+
+def bench_estimate(results) -> None:
+    s2 = stage2_estimate(results)
+    copies = results.get("refiner_live_bytes_per_frame", None)
+    copies = copies / (4 * 10 * 16 * 4) if copies else 8.0
+    print(f"  refiner whole-video state taken as {copies:.1f} fp32 latents per frame "
+          f"({'measured above with the tiny refiner' if 'refiner_live_bytes_per_frame' in results else 'assumed'})")
+    rf = refiner_estimate(results, copies)
+    results["estimate_detail"] = {"stage2": s2, "refiner": rf, "latent_copies": copies}
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -386,20 +651,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--real", action="store_true", help="also the real-size architecture (GPU; on CPU one call)")
     ap.add_argument("--real-dtype", default=None, choices=sorted(DTYPES))
     ap.add_argument("--real-growth", action="store_true", help="with --real on a GPU: the growth series too")
-    ap.add_argument("--steps", type=int, default=None, help="DDIM steps of the whole-chunk timing (default 8, quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps of the whole-chunk timing (default 4, quick 2)")
+    ap.add_argument("--growth-guidance", type=float, default=1.0, help="CFG of the CPU growth series (CUDA: 7.5)")
     ap.add_argument("--repeat", type=int, default=None, help="timed repeats per measurement (default 3, quick 1)")
-    ap.add_argument("--frames", type=int, nargs="+", default=None, help="growth milestones (default 16 64 256 1024)")
-    ap.add_argument("--refiner-frames", type=int, nargs="+", default=None, help="refiner lengths (default 16 64 256)")
+    ap.add_argument("--frames", type=int, nargs="+", default=None,
+                    help="growth milestones (default 16 64 256; --full adds 1024; --quick 16 64)")
+    ap.add_argument("--refiner-frames", type=int, nargs="+", default=None,
+                    help="refiner lengths (default 16 64 128; --full 16 64 256; --quick 16 40)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak, TFLOP/s (H100/H200 bf16 dense: 989)")
-    ap.add_argument("--quick", action="store_true", help="smaller series, one repeat (under a minute on 1 CPU thread)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["step", "split", "growth", "refiner", "flops"])
+    ap.add_argument("--quick", action="store_true",
+                    help="smaller series, one repeat, no options/estimate sections (about a minute on 1 CPU thread)")
+    ap.add_argument("--full", action="store_true", help="growth to 1024 frames, refiner to 256 (CPU: ~7 minutes)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["step", "split", "options", "growth", "refiner", "flops", "estimate"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     q = args.quick
-    args.steps = args.steps or (2 if q else 8)
+    args.steps = args.steps or (2 if q else 4)
     args.repeat = args.repeat or (1 if q else 3)
-    args.frames = args.frames or ([16, 64, 256] if q else [16, 64, 256, 1024])
-    args.refiner_frames = args.refiner_frames or ([16, 64] if q else [16, 64, 256])
+    args.frames = args.frames or ([16, 64] if q else [16, 64, 256, 1024] if args.full else [16, 64, 256])
+    if q:
+        args.skip = list(args.skip) + ["estimate", "options"]
+    args.refiner_frames = args.refiner_frames or ([16, 40] if q else [16, 64, 256] if args.full else [16, 64, 128])
     device = args.device
     if is_cuda(device) and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device here; use --device cpu")
@@ -415,7 +687,8 @@ def main(argv=None) -> dict:
     t_all = time.perf_counter()
     dtype = DTYPES[args.dtype]
     model = tiny_model(device, dtype)
-    for section, fn in (("step", bench_step), ("split", bench_split), ("growth", bench_growth)):
+    for section, fn in (("step", bench_step), ("split", bench_split), ("options", bench_options),
+                        ("growth", bench_growth)):
         if section not in args.skip:
             print(f"[{section}]", flush=True)
             fn(model, device, args, results)
@@ -427,6 +700,9 @@ def main(argv=None) -> dict:
     if "flops" not in args.skip or args.real:
         print("[flops] real-size architecture on the meta device", flush=True)
         flops = real_flops(results)
+    if "estimate" not in args.skip:
+        print("[estimate] real-size memory from meta-device runs (fp16 unless said; no CUDA context included)", flush=True)
+        bench_estimate(results)
     if args.real:
         print("[real]", flush=True)
         bench_real(device, args, results, flops)

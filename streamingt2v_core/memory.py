@@ -35,8 +35,8 @@ class SequentialOffload:
     Modules move in a forward pre-hook and back in a forward hook; the VAE, called through `encode` and
     `decode` rather than `forward`, gets those two methods wrapped. With `swap_cam`, the CAM (`model.unet`)
     and the base UNet (`model.base_model`) share the device in turn: each step moves one out and the other
-    in (about 4.2 GB of fp16 weights across the bus per step at real size: slow, for cards where the two
-    UNets (4.2 GB) do not fit next to the activations).
+    in (3.9 GiB of fp16 weights each way per step at real size: slow, for cards where the two UNets do
+    not fit next to the activations).
 
     `placement` says where each handled part is now and `moves` lists every move in order, so callers
     (and tests) can check what was on the device when. Leaving the context puts every part back where it was.
@@ -325,8 +325,9 @@ def parameter_bytes(module: nn.Module) -> int:
 # --------------------------------------------------------------------------------------------------
 # Activation memory, estimated on the meta device
 
-class _LiveBytes(TorchDispatchMode):
-    """Tracks the bytes of storages created while active and still referenced by a tensor."""
+class LiveTensorBytes(TorchDispatchMode):
+    """While active, tracks the bytes of tensor storages created inside it and still referenced (`live`) and
+    their high-water mark (`peak`). Works on any device; tensors made before entering are not counted."""
 
     def __init__(self):
         super().__init__()
@@ -378,7 +379,7 @@ def activation_peak_bytes(fn: Callable[[], object], fused_attention: bool = True
     memory is used). Inputs and weights made before the call are not counted. `fused_attention` models
     flash / memory-efficient SDPA (what CUDA runs for fp16/bf16); False counts the full score matrices of
     the math kernel. An estimate: allocator rounding, fragmentation and kernel workspaces are not in it."""
-    tracker = _LiveBytes()
+    tracker = LiveTensorBytes()
     fused = _FusedAttention() if fused_attention else contextlib.nullcontext()
     with torch.no_grad(), fused, tracker:
         out = fn()

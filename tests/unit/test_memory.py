@@ -268,3 +268,33 @@ def test_activation_peak_bytes_counts_live_tensors_and_attention():
     math = memory.activation_peak_bytes(lambda: F.scaled_dot_product_attention(q, q, q), fused_attention=False)
     assert fused == out_bytes
     assert math >= 2 * 512 * 512 * 4  # the score matrix of both heads
+
+
+# -- the refiner: offload of its text tower and VAE, feed-forward chunks in its diffusers UNet ------
+
+def test_refiner_offload_and_feed_forward_chunks_keep_the_video(tmp_path):
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+    import make_tiny_refiner
+
+    from streamingt2v_core.refine import refine_video
+    from streamingt2v_core.refiner import load_refiner
+
+    refiner = load_refiner(make_tiny_refiner.write(tmp_path / "tiny_v2v", "converted"))
+    images = torch.rand(8, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    kw = dict(steps=1, seed=3, canvas=(80, 128), slice_size=4)
+    ref = refine_video(refiner, images, "a cat", "", **kw)
+    with memory.sequential_offload(refiner, COMPUTE, parts=("text_encoder", "vae")) as off:
+        out = refine_video(refiner, images, "a cat", "", **kw)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    # text in and out once; VAE in and out per encode/decode slice (2 encode + 2 decode slices of 4 frames)
+    # (both start on the CPU, so installing moves nothing)
+    assert [m for m in off.moves if m[0] == "text_encoder"] == [("text_encoder", "cpu:0"), ("text_encoder", "cpu")]
+    assert [m for m in off.moves if m[0] == "vae"] == [("vae", "cpu:0"), ("vae", "cpu")] * 4
+    assert memory.set_feed_forward_chunking(refiner.unet, 300) > 0
+    try:
+        chunked = refine_video(refiner, images, "a cat", "", **kw)
+    finally:
+        memory.set_feed_forward_chunking(refiner.unet, None)
+    torch.testing.assert_close(chunked, ref, rtol=0, atol=1e-5)
