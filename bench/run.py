@@ -591,11 +591,12 @@ def refiner_estimate(results, latent_copies: float) -> dict | None:
     memory.set_feed_forward_chunking(unet, None)
     for dt, name in ((torch.float32, "fp32"), (torch.float16, "fp16")):
         vae.to(dt)
-        with torch.device("meta"):
-            z = torch.empty(4, 4, h * 8 // 8, w, dtype=dt)
-            px = torch.empty(4, 3, 720, 1280, dtype=dt)
-        act[f"vae_decode_4_frames_{name}"] = memory.activation_peak_bytes(lambda: vae.decode(z).sample)
-        act[f"vae_encode_4_frames_{name}"] = memory.activation_peak_bytes(lambda: vae.encode(px).latent_dist.mean)
+        for n in (1, 4):  # refine_video's slice_size: 1 by default, as officially
+            with torch.device("meta"):
+                z = torch.empty(n, 4, h, w, dtype=dt)
+                px = torch.empty(n, 3, 720, 1280, dtype=dt)
+            act[f"vae_decode_{n}_frames_{name}"] = memory.activation_peak_bytes(lambda: vae.decode(z).sample)
+            act[f"vae_encode_{n}_frames_{name}"] = memory.activation_peak_bytes(lambda: vae.encode(px).latent_dist.mean)
     with torch.device("meta"):
         ids = torch.zeros(2, 77, dtype=torch.long)
     act["text"] = memory.activation_peak_bytes(lambda: text(ids))
@@ -613,7 +614,8 @@ def refiner_estimate(results, latent_copies: float) -> dict | None:
     for frames in (240, 1200):
         chunks = -(-(frames - 8) // 16)
         lat = latent_frame * frames
-        side = max(act["vae_decode_4_frames_fp16"] + wts["vae_fp16"], act["text"] + wts["text_fp16"])
+        side = max(act["vae_decode_1_frames_fp32"] + wts["vae_fp32"], act["vae_encode_1_frames_fp32"] + wts["vae_fp32"],
+                   act["text"] + wts["text_fp32"])  # offloaded parts in their official fp32, one frame per VAE call
         plans = {
             "refine_latents default (chunk_batch=None: all chunks in one call), fp32 text+VAE resident":
                 wts["unet_fp16"] + wts["text_fp32"] + wts["vae_fp32"] + chunks * act["unet_chunk_cfg_batched"] + lat,
