@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
+from .errors import oom_advice
+from .loader import DTYPE_NAMES
 from .stream import SEED_MAX, preview
 from .types import ModelScopeUNet, Stream, StreamingT2VModel, StreamState, frames_to_image, image_to_frames
 
@@ -28,7 +30,7 @@ def size_problem(width, height, multiple: int = 8) -> str | None:
     """Why a width/height pair cannot be used (None: fine). Linked values arrive as None in validation."""
     for name, value in (("width", width), ("height", height)):
         if value is not None and value != 0 and not (64 <= value <= MAX_SIZE and value % multiple == 0):
-            lower = max(64, value // multiple * multiple)
+            lower = min(MAX_SIZE, max(64, value // multiple * multiple))
             return (f"{name}: {value} is not divisible by {multiple} (or outside 64 to {MAX_SIZE}); use 0 for the "
                     f"model's resolution or a multiple of {multiple}, e.g. {lower}")
     return None
@@ -97,11 +99,14 @@ class StreamingT2VInitFromText(io.ComfyNode):
             mm.throw_exception_if_processing_interrupted()
             pbar.update_absolute(step, total)
 
+        memory_settings = {"dtype": DTYPE_NAMES.get(t2v_unet.module.dtype, str(t2v_unet.module.dtype)),
+                           "size": f"{width}x{height}"}
         try:
-            st = model.on_device(t2v_unet)
-            frames = generate_first_chunk(t2v_unet.module, st, prompt, negative_prompt, steps=steps,
-                                          guidance=guidance, seed=seed, num_frames=DEFAULTS["frames"],
-                                          height=height, width=width, on_step=on_step)
+            with oom_advice("StreamingT2VInitFromText", memory_settings):
+                st = model.on_device(t2v_unet)
+                frames = generate_first_chunk(t2v_unet.module, st, prompt, negative_prompt, steps=steps,
+                                              guidance=guidance, seed=seed, num_frames=DEFAULTS["frames"],
+                                              height=height, width=width, on_step=on_step)
         except BaseException:
             mm.soft_empty_cache()
             raise

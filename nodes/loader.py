@@ -14,6 +14,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from .errors import model_name_problem
 from .types import ModelScopeUNet, StreamingT2VModel
 
 log = logging.getLogger("StreamingT2V")
@@ -57,6 +58,9 @@ class PatchedModel:
         return self.module
 
 
+DTYPE_NAMES = {v: k for k, v in _TORCH_DTYPES.items()}
+
+
 def resolve_dtype(choice: str, params: int) -> torch.dtype:
     if choice in _TORCH_DTYPES:
         return _TORCH_DTYPES[choice]
@@ -82,6 +86,8 @@ def streamingt2v_choices() -> list:
 
 
 def streamingt2v_path(name: str) -> str | None:
+    """The file or converted folder `name` in models/streamingt2v (callers refuse names that leave the
+    folder first, with model_name_problem)."""
     path = folder_paths.get_full_path(FOLDER, name)
     if path is not None:
         return path
@@ -122,6 +128,9 @@ class LoadStreamingT2V(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, ckpt_name, dtype="auto"):
+        problem = model_name_problem("ckpt_name", ckpt_name, FOLDER)
+        if problem:
+            return problem
         if streamingt2v_path(ckpt_name) is None:
             return _missing_message("ckpt_name", ckpt_name, FOLDER, streamingt2v_choices())
         if dtype not in DTYPES:
@@ -132,6 +141,9 @@ class LoadStreamingT2V(io.ComfyNode):
     def execute(cls, ckpt_name, dtype="auto") -> io.NodeOutput:
         from ..streamingt2v_core import load_streamingt2v
 
+        problem = model_name_problem("ckpt_name", ckpt_name, FOLDER)
+        if problem:
+            raise ValueError(problem)
         path = streamingt2v_path(ckpt_name)
         if path is None:
             raise FileNotFoundError(_missing_message("ckpt_name", ckpt_name, FOLDER, streamingt2v_choices()))
@@ -169,6 +181,9 @@ class LoadModelScopeT2V(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, unet_name, dtype="auto"):
+        problem = model_name_problem("unet_name", unet_name, "diffusion_models")
+        if problem:
+            return problem
         if folder_paths.get_full_path("diffusion_models", unet_name) is None:
             return _missing_message("unet_name", unet_name, "diffusion_models", modelscope_choices())
         if dtype not in DTYPES:
@@ -179,6 +194,9 @@ class LoadModelScopeT2V(io.ComfyNode):
     def execute(cls, unet_name, dtype="auto") -> io.NodeOutput:
         from ..streamingt2v_core.init_t2v import load_modelscope_unet
 
+        problem = model_name_problem("unet_name", unet_name, "diffusion_models")
+        if problem:
+            raise ValueError(problem)
         path = folder_paths.get_full_path("diffusion_models", unet_name)
         if path is None:
             raise FileNotFoundError(_missing_message("unet_name", unet_name, "diffusion_models", modelscope_choices()))

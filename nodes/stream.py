@@ -10,6 +10,8 @@ from comfy.cli_args import args
 from comfy_api.latest import io
 from PIL import Image
 
+from .errors import oom_advice, simulate_oom_for_tests
+from .loader import DTYPE_NAMES
 from .types import (CHUNK_NEW_FRAMES, APMAnchor, Anchor, Stream, StreamingT2VModel, StreamState, frames_to_image,
                     image_to_frames)
 
@@ -161,6 +163,7 @@ class CAMExtendChunk(io.ComfyNode):
         def on_step(_step, _total):
             mm.throw_exception_if_processing_interrupted()
             done[0] += 1
+            simulate_oom_for_tests((done[0] - 1) // steps)  # no-op unless the OOM test seam is set
             pbar.update_absolute(done[0], total)
 
         def on_chunk(index, frames):
@@ -170,16 +173,19 @@ class CAMExtendChunk(io.ComfyNode):
             log.info("StreamingT2V: chunk %d/%d done (%d frames so far)", index + 1, num_chunks,
                      stream.num_frames + CHUNK_NEW_FRAMES * (index + 1))
 
+        if anchor is not None and anchor.tokens.shape[-1] != cfg.context_dim:
+            raise ValueError(f"anchor: APM tokens of width {anchor.tokens.shape[-1]}, this model needs "
+                             f"{cfg.context_dim}; make the anchor with the same model")
+        memory_settings = {"dtype": DTYPE_NAMES.get(model.module.dtype, str(model.module.dtype)),
+                           "size": f"{stream.width}x{stream.height}", "frames_to_add": frames_to_add}
         try:
-            st = model.on_device(memory_required=_memory_estimate(cfg, stream))
-            if anchor is None:
-                anchor = stream.anchor or encode_anchor(st, stream.frame(0), "frame 0 of the stream")
-            if anchor.tokens.shape[-1] != cfg.context_dim:
-                raise ValueError(f"anchor: APM tokens of width {anchor.tokens.shape[-1]}, this model needs "
-                                 f"{cfg.context_dim}; make the anchor with the same model")
-            extend_video(st, stream.tail(cfg.cond_frames), num_chunks, per_chunk, negative_prompt,
-                         anchor_tokens=anchor.tokens, steps=steps, guidance=guidance, eta=eta, seed=seed,
-                         on_step=on_step, on_chunk=on_chunk)
+            with oom_advice("CAMExtendChunk", memory_settings):
+                st = model.on_device(memory_required=_memory_estimate(cfg, stream))
+                if anchor is None:
+                    anchor = stream.anchor or encode_anchor(st, stream.frame(0), "frame 0 of the stream")
+                extend_video(st, stream.tail(cfg.cond_frames), num_chunks, per_chunk, negative_prompt,
+                             anchor_tokens=anchor.tokens, steps=steps, guidance=guidance, eta=eta, seed=seed,
+                             on_step=on_step, on_chunk=on_chunk)
         except BaseException:  # interrupt, OOM, anything: free the accelerator, then let ComfyUI report it
             mm.soft_empty_cache()
             raise
