@@ -87,6 +87,7 @@ class SequentialOffload:
     # -- hooks ----------------------------------------------------------------------------------------
     def _hook_forward(self, name: str, before: Callable[[], None], after: Optional[Callable[[], None]]) -> None:
         module = self._module(name)
+
         def pre(_m, _a):
             before()  # a pre-hook must return None, or its value replaces the inputs
 
@@ -94,8 +95,8 @@ class SequentialOffload:
             after()  # likewise for the output
 
         self._handles.append(module.register_forward_pre_hook(pre))
-        if after is not None:
-            self._handles.append(module.register_forward_hook(post))
+        if after is not None:  # always_call: sent away even when the forward raises (interrupt, OOM)
+            self._handles.append(module.register_forward_hook(post, always_call=True))
 
     def _hook_methods(self, name: str) -> None:
         module = self._module(name)

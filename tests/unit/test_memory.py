@@ -298,3 +298,11 @@ def test_refiner_offload_and_feed_forward_chunks_keep_the_video(tmp_path):
     finally:
         memory.set_feed_forward_chunking(refiner.unet, None)
     torch.testing.assert_close(chunked, ref, rtol=0, atol=1e-5)
+
+
+def test_sequential_offload_sends_a_part_away_when_it_raises(model):
+    with memory.sequential_offload(model, COMPUTE) as off:
+        with pytest.raises(IndexError):
+            model.encode_text(torch.full((1, 77), 10 ** 9, dtype=torch.long))  # token id out of the vocabulary
+        assert off.moves == [("text_encoder", "cpu:0"), ("text_encoder", "cpu")]
+        assert off.placement["text_encoder"] == torch.device("cpu")
