@@ -120,7 +120,8 @@ def test_frames_from_the_tiny_stream_give_numbers(comfy):
 
 
 def test_a_static_video_is_reported_as_stagnant(comfy):
-    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 12, "color": 0x808080}}}
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 12,
+                                                       "color": 0x808080}}}
     out = run_metrics(comfy, with_metrics(graph, ["1", 0], working_size=64))
     assert out["motion"] == 0 and math.isinf(out["mawe"])
     assert out["json"]["stagnant"] is True and out["json"]["mawe"] is None

@@ -18,6 +18,7 @@ import pickle
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,10 @@ def errors_module():
 
 
 def server_rss(server: ComfyServer) -> int:
-    """Resident host memory of the ComfyUI process, in bytes."""
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc status")
+    """Resident host memory of the ComfyUI process, in bytes (psutil: one of ComfyUI's requirements)."""
+    import psutil
+
+    return psutil.Process(server.proc.pid).memory_info().rss
 
 
 def small(seed: int, **kw) -> dict:
@@ -63,7 +63,8 @@ def refine_graph(seed: int = 0, frames: int = 8, steps: int = 1, chunk: int = 4,
                  dtype: str = "fp32", **inputs) -> dict:
     return {
         "1": {"class_type": "LoadStreamingT2VRefiner", "inputs": {"refiner_name": REFINER, "dtype": dtype}},
-        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": frames, "color": 0x336699}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": frames,
+                                                      "color": 0x336699}},
         "3": {"class_type": "RandomizedBlendRefiner", "inputs": {
             "refiner": ["1", 0], "images": ["2", 0], "prompt": "a test video", "negative_prompt": "",
             "strength_step": 600, "steps": steps, "guidance": 7.5, "rescale": 0.2, "chunk": chunk,
@@ -191,6 +192,11 @@ def test_pickle_that_would_run_code_is_refused_and_runs_nothing(server_alive, co
     plant("evil_in_state.ckpt", torch_save={"state_dict": {"base_model.conv_in.weight": evil_payloads(marker)[0]}})
     failed_with(comfy, with_ckpt(1003, "evil_in_state.ckpt"), "LoadStreamingT2V", "evil_in_state.ckpt",
                 "not tensors")
+    # a TorchScript archive: torch.load would hand it to torch.jit.load, which runs its code
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; old files still exist
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(plant("scripted.pt", b"")))
+    failed_with(comfy, with_ckpt(1006, "scripted.pt"), "LoadStreamingT2V", "scripted.pt", "TorchScript archive")
     # a raw pickle without torch's zip container: not a torch file at all
     plant("evil_raw.pt", pickle.dumps(evil_payloads(marker)[0], protocol=2))
     failed_with(comfy, with_ckpt(1004, "evil_raw.pt"), "LoadStreamingT2V", "evil_raw.pt", "corrupt")
@@ -347,9 +353,9 @@ def _where(data: dict, progress: list, steps_per_chunk: int) -> str:
 
 def test_twenty_random_interrupts_leak_no_host_memory(server_alive, comfy, tmp_path):
     """Interrupt at a seeded random 0.2-3 s after the prompt starts (or after the first CAM step, one run in
-    four): while loading, before the first step, mid-chunk, between chunks, in the refiner. Every run must end interrupted (or, if it won the race, succeed), nothing is
-    written, the server's RSS after the 20th run is within 5% + 50 MB of after the first, and the next
-    prompt runs."""
+    four): while loading, before the first step, mid-chunk, between chunks, in the refiner. Every run must
+    end interrupted (or, if it won the race, succeed), nothing is written, the server's RSS after the 20th
+    run is within 5% + 50 MB of after the first, and the next prompt runs."""
     rng = random.Random(20261121)
     client = ComfyClient(comfy.url)
     # warm-up: every code path once to the end, so allocator pools and lazy imports are not counted as leaks
