@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -328,9 +329,8 @@ def tiny_refiner(device, dtype):
         from streamingt2v_core.refiner import load_refiner
     except ImportError as e:
         return None, f"refiner tools not importable ({e})"
-    tmp = tempfile.mkdtemp(prefix="tiny_v2v_")
-    return load_refiner(make_tiny_refiner.write(__import__("pathlib").Path(tmp), "converted"), device=device,
-                        dtype=dtype), None
+    with tempfile.TemporaryDirectory(prefix="tiny_v2v_") as tmp:  # the weights are read in; the files can go
+        return load_refiner(make_tiny_refiner.write(Path(tmp), "converted"), device=device, dtype=dtype), None
 
 
 def bench_refiner(device, dtype, args, results) -> None:
