@@ -11,6 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from .errors import advise_out_of_memory
 from .loader import DTYPES, PatchedModel, _missing_message, resolve_dtype
 from .stream import SEED_MAX, preview
 
@@ -96,6 +97,8 @@ def _chunking_errors(chunk: int, overlap: int, steps: int, strength_step: int) -
     errors = []
     if overlap < 1:
         errors.append(f"overlap: {overlap} is too small; allowed 1..chunk-1 (official 8)")
+    if chunk > 1024:
+        errors.append(f"chunk: {chunk} is too large; allowed overlap+1..1024 (official 24)")
     if chunk <= overlap:
         errors.append(f"chunk: {chunk} must be larger than overlap ({overlap}); allowed chunk >= overlap+1 "
                       f"(official chunk 24, overlap 8)")
@@ -144,7 +147,7 @@ class RandomizedBlendRefiner(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, strength_step=600, steps=30, chunk=24, overlap=8, output=OUTPUT_CHOICES[0], **_):
+    def validate_inputs(cls, strength_step=600, steps=30, chunk=24, overlap=8, output=OUTPUT_CHOICES[0]):
         errors = _chunking_errors(int(chunk), int(overlap), int(steps), int(strength_step))
         if output not in OUTPUT_CHOICES:
             errors.append(f"output: '{output}' is not one of {OUTPUT_CHOICES}")
@@ -183,8 +186,10 @@ class RandomizedBlendRefiner(io.ComfyNode):
                                steps=int(steps), guidance=float(guidance), rescale=float(rescale), chunk=int(chunk),
                                overlap=int(overlap), seed=int(seed), crop=output == OUTPUT_CHOICES[0],
                                chunk_batch=chunk_batch, callback=on_step)
-        except BaseException:  # interrupt, OOM, anything: free the accelerator, then let ComfyUI report it
+        except BaseException as exc:  # interrupt, OOM, anything: free the accelerator, then let ComfyUI report it
             mm.soft_empty_cache()
+            advise_out_of_memory(exc, "RandomizedBlendRefiner", {"frames": int(images.shape[0]), "chunk": int(chunk),
+                                                                 "dtype": str(refiner.module.dtype)})
             raise
         log.info("StreamingT2V: refined %d frames -> %dx%d", out.shape[0], out.shape[2], out.shape[1])
         return io.NodeOutput(out.to(mm.intermediate_device()))
