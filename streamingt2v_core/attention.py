@@ -29,6 +29,18 @@ def apm_mix(attn: nn.Module, context: torch.Tensor) -> torch.Tensor:
     return context[:, :text_tokens] + F.silu(attn.alpha) * mixed
 
 
+def sliced_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None, slice_size=None) -> torch.Tensor:
+    """SDPA over at most `slice_size` queries at a time (exact: softmax is per query); bounds the score
+    matrix of kernels without fused attention to rows x heads x slice_size x keys."""
+    n = q.shape[-2]
+    if not slice_size or n <= slice_size:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    for i in range(0, n, slice_size):
+        out[..., i:i + slice_size, :] = F.scaled_dot_product_attention(q[..., i:i + slice_size, :], k, v, scale=scale)
+    return out
+
+
 class SDPAProcessor:
     """Scaled-dot-product attention for diffusers `Attention` modules (no masks, no norms: the UNet3D's
     attentions use none).
@@ -36,7 +48,12 @@ class SDPAProcessor:
     The context may come once per video (B rows) instead of once per frame (B*F rows): keys and values
     are then computed once and shared by the frames, which is what the per-frame repetition in the
     official forward amounts to, at a fraction of the cost.
+
+    `slice_size`: queries per SDPA call (None: all), a memory option for kernels without fused attention.
     """
+
+    def __init__(self, slice_size: int | None = None):
+        self.slice_size = slice_size
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
         if attention_mask is not None:
@@ -57,7 +74,7 @@ class SDPAProcessor:
             frames = rows // k.shape[0]
             k = k.repeat_interleave(frames, dim=0)
             v = v.repeat_interleave(frames, dim=0)
-        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        out = sliced_sdpa(q, k, v, attn.scale, self.slice_size)
         out = out.transpose(1, 2).reshape(rows, tokens, heads * dim)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)

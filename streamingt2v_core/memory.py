@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .attention import SDPAProcessor
+from .attention import SDPAProcessor, sliced_sdpa  # noqa: F401  (sliced_sdpa: public here too)
 
 # Parts of StreamingT2V used once per prompt, per stream or per chunk, never inside a denoising step.
 OFFLOAD_PARTS = ("text_encoder", "image_encoder", "resampler", "vae")
@@ -166,44 +166,13 @@ def sequential_offload(model: nn.Module, device, parts: Iterable[str] = OFFLOAD_
 # --------------------------------------------------------------------------------------------------
 # Attention in query slices
 
-def sliced_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
-                slice_size: Optional[int] = None) -> torch.Tensor:
-    """`F.scaled_dot_product_attention(q, k, v, scale=scale)` over at most `slice_size` queries at a time.
-
-    Softmax is per query, so slices are exact; a kernel without fused attention then holds
-    rows x heads x slice_size x keys scores instead of rows x heads x queries x keys."""
-    n = q.shape[-2]
-    if not slice_size or n <= slice_size:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    out = q.new_empty(*q.shape[:-1], v.shape[-1])
-    for i in range(0, n, slice_size):
-        out[..., i:i + slice_size, :] = F.scaled_dot_product_attention(q[..., i:i + slice_size, :], k, v, scale=scale)
-    return out
-
-
 class SlicedSDPAProcessor(SDPAProcessor):
-    """`SDPAProcessor` on at most `slice_size` query tokens at a time (same outputs).
-
-    Runs the parent on token slices of `hidden_states`; for self-attention the full hidden states are passed
-    as the context, so the keys and values are those of every token (recomputed per slice: the cost of not
-    touching the parent; `sliced_sdpa` inside the parent would avoid it)."""
+    """`SDPAProcessor` computing attention over at most `slice_size` queries at a time (same outputs)."""
 
     def __init__(self, slice_size: int):
         if int(slice_size) < 1:
             raise ValueError(f"attention slice_size must be at least 1 token, got {slice_size}")
-        self.slice_size = int(slice_size)
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
-        tokens = hidden_states.shape[1]
-        if tokens <= self.slice_size:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
-        if encoder_hidden_states is None and hasattr(attn, "alpha"):
-            raise ValueError("an APM-mixing attention called without context cannot be sliced")
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        parts = [super(SlicedSDPAProcessor, self).__call__(attn, hidden_states[:, i:i + self.slice_size], context,
-                                                           attention_mask, **kwargs)
-                 for i in range(0, tokens, self.slice_size)]
-        return torch.cat(parts, dim=1)
+        super().__init__(int(slice_size))
 
 
 def set_attention_slicing(module: nn.Module, slice_size: Optional[int]) -> int:

@@ -132,7 +132,7 @@ def extend_video(model, frames: torch.Tensor, num_chunks: int, prompts: Sequence
     for c in range(num_chunks):
         step_cb = None if on_step is None else (lambda s, _n, c=c: on_step(c * steps + s, total))
         chunk = generate_chunk(model, tail, conds[prompts[c]], steps, guidance, eta, generator, step_cb, scheduler)
-        fresh = chunk[model.config.cond_frames:]
+        fresh = chunk[model.config.cond_frames:].clone()  # a view would keep all 16 decoded frames alive
         new.append(fresh)
         tail = chunk[-model.config.cond_frames:]
         if on_chunk is not None:
