@@ -8,8 +8,8 @@ OUT_DIR/streamingt2v/tiny_streamingt2v.safetensors (+ .json)
 OUT_DIR/diffusion_models/tiny_modelscope_t2v.safetensors (+ .json)
     a tiny ModelScope text-to-video UNet (diffusers UNet3DConditionModel, the oracle's tiny UNet
     config), weights drawn by the same rule from its own seed.
-OUT_DIR/streamingt2v_refiner/
-    the tiny refiner, when tools/make_tiny_refiner.py exists.
+OUT_DIR/streamingt2v_refiner/tiny_ms_vid2vid/
+    the tiny refiner, when tools/make_tiny_refiner.py exists (one folder per refiner, as the loader lists them).
 
 The frames these models make are noise: they only prove the pipeline.
 """
@@ -33,6 +33,7 @@ MODELSCOPE_SEED = 20240602  # the StreamingT2V checkpoint keeps the oracle's see
 
 STREAMINGT2V_NAME = "tiny_streamingt2v"
 MODELSCOPE_NAME = "tiny_modelscope_t2v"
+REFINER_NAME = "tiny_ms_vid2vid"
 
 sys.path.insert(0, REPO)
 from streamingt2v_core.tiny import read_manifest, regenerate  # noqa: E402  (the oracle's weight rule)
@@ -73,7 +74,7 @@ def write_refiner(out_dir):
     script = os.path.join(REPO, "tools", "make_tiny_refiner.py")
     if not os.path.exists(script):
         return None
-    folder = os.path.join(out_dir, "streamingt2v_refiner")
+    folder = os.path.join(out_dir, "streamingt2v_refiner", REFINER_NAME)
     subprocess.run([sys.executable, script, folder], check=True)
     return folder
 
