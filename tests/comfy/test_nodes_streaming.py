@@ -157,9 +157,14 @@ def test_api_workflow_runs_to_an_mp4(comfy, continue_input, tmp_path, name):
     assert abs(info.fps - 8.0) < 1e-6
 
 
+# Workflows whose own test module runs them (other output size, slower stages).
+COVERED_ELSEWHERE = {"refine_video": "tests/comfy/test_nodes_refiner.py"}
+
+
 def test_every_api_workflow_is_covered():
     names = {p.name[: -len("_api.json")] for p in WORKFLOWS.glob("*_api.json")}
-    assert names == set(EXPECTED_WORKFLOW_FRAMES), "add the new workflow's frame count to EXPECTED_WORKFLOW_FRAMES"
+    assert names - set(COVERED_ELSEWHERE) == set(EXPECTED_WORKFLOW_FRAMES), \
+        "add the new workflow's frame count to EXPECTED_WORKFLOW_FRAMES"
 
 
 def test_four_chunks_give_16_plus_3x8_frames_and_rounding_is_reported(comfy_server, comfy, tmp_path):

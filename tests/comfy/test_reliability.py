@@ -30,7 +30,7 @@ from test_nodes_streaming import WORKFLOWS, continue_input, fast, run_ok, stream
 
 TINY_CKPT = "tiny_streamingt2v.safetensors"
 TINY_UNET = "tiny_modelscope_t2v.safetensors"
-REFINER = "streamingt2v_refiner"  # the tiny refiner folder is itself a registered refiner path
+REFINER = "tiny_ms_vid2vid"  # the tiny refiner: one subfolder of models/streamingt2v_refiner
 OOM_TEST_ENV = "STREAMINGT2V_TEST_OOM_AT_CHUNK"
 SEED_MAX = 2 ** 64 - 1
 
@@ -271,7 +271,7 @@ def _traversal_cases():
         pytest.param("unet_name", lambda o, m: "../../" + TINY_UNET, id="unet-dotdot-folded"),
         pytest.param("refiner_name", lambda o, m: "/etc/passwd", id="refiner-etc-passwd"),
         pytest.param("refiner_name", lambda o, m: "../diffusion_models/" + TINY_UNET, id="refiner-dotdot-file"),
-        pytest.param("refiner_name", lambda o, m: str(m / REFINER), id="refiner-absolute-folder"),
+        pytest.param("refiner_name", lambda o, m: str(m / "streamingt2v_refiner" / REFINER), id="refiner-absolute-folder"),
     ]
 
 
