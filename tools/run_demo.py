@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "comfy"))
 from comfy_client import (ComfyClient, ComfyServer, ServerError, combo_options, describe_failure,  # noqa: E402
-                          output_files, read_video_info, status_str, write_extra_model_paths)
+                          output_files, read_video_info, status_str, tiny_models_key,
+                          write_extra_model_paths)
 
 WEIGHT_EXT = {".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft"}
 CHUNK_FRAMES, NEW_PER_CHUNK = 16, 8
@@ -58,13 +59,13 @@ def resolve_models(args) -> tuple[Path, bool]:
     if has_weights(local / "streamingt2v") and has_weights(local / "diffusion_models"):
         return local.resolve(), True
     tiny = (args.out / "models_tiny").resolve()
-    stamp = tiny / ".complete"
-    if not stamp.exists():
+    stamp, key = tiny / ".complete", tiny_models_key()
+    if not stamp.exists() or stamp.read_text() != key:
         shutil.rmtree(tiny, ignore_errors=True)
         print("building the tiny random-weight models ...", flush=True)
         subprocess.run([sys.executable, str(REPO / "tools" / "make_tiny_models.py"), str(tiny)], check=True,
                        cwd=str(REPO), env=dict(os.environ, OMP_NUM_THREADS="1"))
-        stamp.write_text("")
+        stamp.write_text(key)
     return tiny, False
 
 
@@ -96,6 +97,13 @@ def configure(graph: dict, info: dict, args) -> list[str]:
             inputs["unet_name"] = args.unet or pick(opts, inputs["unet_name"],
                                                     ("text-to-video", "modelscope", "unet"))
             notes.append(f"ModelScope T2V UNet: {inputs['unet_name']}")
+        elif ct == "LoadStreamingT2VRefiner":
+            opts = combo_options(info[ct], "refiner_name")
+            if not opts:
+                sys.exit("the workflow refines, but the server lists no refiner in models/streamingt2v_refiner "
+                         "(see README.md)")
+            inputs["refiner_name"] = pick(opts, inputs["refiner_name"], ("video-to-video", "vid2vid"))
+            notes.append(f"refiner: {inputs['refiner_name']}")
         elif ct == "CAMExtendChunk" and args.frames is not None:
             inputs["frames_to_add"] = args.frames - CHUNK_FRAMES
         if args.prompt is not None and "prompt" in inputs and isinstance(inputs["prompt"], str):
@@ -116,13 +124,15 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, help="length of the video: 16 frames of the first chunk plus 8 per "
                                                "CAM chunk (rounded up to whole chunks); workflow default 80")
     ap.add_argument("--prompt", help="the prompt (workflow default: 'A cat running on the street')")
-    ap.add_argument("--steps", type=int, help="denoising steps per chunk (official: 50)")
+    ap.add_argument("--steps", type=int, help="steps of every sampling node: per chunk for the first chunk "
+                                               "and CAM (official 50), solver steps for the refiner (30)")
     ap.add_argument("--seed", type=int, help="seed (official: 33)")
     ap.add_argument("--models", help="a models folder with streamingt2v/ and diffusion_models/ "
                                      "(default: $STREAMINGT2V_MODELS, then ./demo_out/models, else a tiny model)")
     ap.add_argument("--ckpt", help="file name in models/streamingt2v to use")
     ap.add_argument("--unet", help="file name in models/diffusion_models to use")
-    ap.add_argument("--workflow", type=Path, default=REPO / "workflows" / "long_video_api.json")
+    ap.add_argument("--workflow", type=Path, default=REPO / "workflows" / "long_video_api.json",
+                    help="an API-format workflow, e.g. workflows/refine_video_api.json (adds the refiner)")
     ap.add_argument("--out", type=Path, default=REPO / "demo_out")
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the video")
     ap.add_argument("--threads", type=int, help="CPU threads of the server (default: 1 for the tiny model, "

@@ -5,6 +5,7 @@ Used by the real-server tests (tests/comfy/conftest.py), the browser tests and t
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -29,6 +30,18 @@ IMPORT_FAILED = "(IMPORT FAILED)"
 def default_comfy_dir() -> Path:
     """The ComfyUI checkout: $COMFYUI_PATH, else the one tools/bootstrap.sh unpacks into .comfyui/."""
     return Path(os.environ.get("COMFYUI_PATH") or os.environ.get("STREAMINGT2V_COMFY") or REPO_ROOT / ".comfyui")
+
+
+def tiny_models_key() -> str:
+    """Content hash of everything tools/make_tiny_models.py builds from (the generators, the core code, the
+    oracle data): a set of tiny models made under another key is stale."""
+    h = hashlib.sha256()
+    files = sorted(REPO_ROOT.glob("tools/make_tiny_*.py")) + sorted(REPO_ROOT.glob("streamingt2v_core/**/*.py"))
+    for sub in ("tests/data/oracle", "tests/data/refiner"):
+        files += sorted(p for p in (REPO_ROOT / sub).rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def free_port() -> int:

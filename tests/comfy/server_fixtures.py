@@ -3,7 +3,6 @@
 models folder (recipe: ../shared/reference/comfyui_ci_recipe.md). Shared by tests/comfy and tests/browser."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from comfy_client import (REPO_ROOT, ComfyClient, ComfyServer, ServerError, default_comfy_dir,
-                          write_extra_model_paths)
+                          tiny_models_key, write_extra_model_paths)
 
 MAKE_TINY = REPO_ROOT / "tools" / "make_tiny_models.py"
 _server_log: list[Path] = []
@@ -22,18 +21,6 @@ _server_log: list[Path] = []
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _tiny_models_key() -> str:
-    """Content hash of everything the tiny models are made from: the generators, the core code and the
-    oracle data. Any change there makes a new set."""
-    h = hashlib.sha256()
-    files = sorted(REPO_ROOT.glob("tools/make_tiny_*.py")) + sorted(REPO_ROOT.glob("streamingt2v_core/**/*.py"))
-    for sub in ("tests/data/oracle", "tests/data/refiner"):
-        files += sorted(p for p in (REPO_ROOT / sub).rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
 
 
 def make_tiny_models(out_dir: Path) -> None:
@@ -47,7 +34,7 @@ def make_tiny_models(out_dir: Path) -> None:
             pytest.fail(f"{MAKE_TINY} is missing: the real-server tests need its tiny models")
         return
     cache_root = Path(os.environ.get("STREAMINGT2V_TEST_CACHE", REPO_ROOT / ".cache")) / "tiny_models"
-    cached = cache_root / _tiny_models_key()
+    cached = cache_root / tiny_models_key()
     if not in_ci() and (cached / ".complete").is_file():
         shutil.copytree(cached, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
         return
