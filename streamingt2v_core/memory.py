@@ -220,6 +220,44 @@ def set_feed_forward_chunking(module: nn.Module, chunk_tokens: Optional[int]) ->
 
 
 # --------------------------------------------------------------------------------------------------
+# Memory modes: what the nodes offer
+
+# "auto": the low-memory plan only where the fast one would not fit; "max speed": everything resident,
+# as much batched as fits; "low vram": the savings that leave outputs unchanged, always.
+MEMORY_MODES = ("auto", "max speed", "low vram")
+# Tokens per feed-forward call in the low-memory plan: at most half of a stage-2 step (2 rows x 16 frames x
+# 32 x 32) and about a tenth of a refiner chunk at 720p, where the GEGLU is the widest activation.
+FEED_FORWARD_CHUNK = 16384
+
+
+def wants_low_memory(mode: str, on_accelerator: bool, free_bytes: int, need_bytes: int) -> bool:
+    """Whether to run the low-memory plan: always for "low vram", never for "max speed", and for "auto" on an
+    accelerator whose free memory (after the model is loaded) is below what the fast plan needs. On the CPU
+    "auto" never offloads: there is nowhere to offload to."""
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"memory: '{mode}' is not one of {list(MEMORY_MODES)}")
+    if mode == "low vram":
+        return True
+    if mode == "max speed" or not on_accelerator:
+        return False
+    return free_bytes < need_bytes
+
+
+@contextlib.contextmanager
+def low_memory(model: nn.Module, device, parts: Iterable[str], feed_forward_chunk: Optional[int] = FEED_FORWARD_CHUNK,
+               offload_device="cpu"):
+    """The low-memory plan as one context: `parts` offloaded between uses (sequential_offload) and every
+    feed-forward in chunks of `feed_forward_chunk` tokens. Outputs are unchanged; leaving the context restores
+    the model (placement and feed-forwards). Yields the SequentialOffload (its `moves` say what moved)."""
+    set_feed_forward_chunking(model, feed_forward_chunk)
+    try:
+        with sequential_offload(model, device, parts, offload_device=offload_device) as offload:
+            yield offload
+    finally:
+        set_feed_forward_chunking(model, None)
+
+
+# --------------------------------------------------------------------------------------------------
 # fp8 weight storage
 
 FP8 = getattr(torch, "float8_e4m3fn", None)

@@ -9,6 +9,7 @@ The whole-video latent stays on the model's device; pixels move there one slice 
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -102,6 +103,32 @@ def _sample_diffusers(refiner, noised, blended, steps: int, t_start: int) -> tor
         x0 = blended(x_in, i, t_long)
         x = scheduler.step(x0, t, x, return_dict=False)[0]
     return x
+
+
+_ESTIMATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def chunk_activation_bytes(refiner, frames: int, rows: int = 2, feed_forward_chunk: int | None = None) -> int:
+    """Peak bytes of the activations of one UNet call on one chunk of `frames` frames on the refiner's canvas,
+    `rows` rows per chunk (2: guidance rows batched), optionally with the feed-forward in token chunks.
+
+    Counted on a meta-device copy of the UNet (memory.activation_peak_bytes: no weights, no memory used), so
+    the figure follows the real architecture and canvas instead of a rule of thumb. Cached per refiner."""
+    from . import memory
+
+    h, w = refiner.canvas[0] // refiner.latent_factor, refiner.canvas[1] // refiner.latent_factor
+    key = (int(frames), int(rows), feed_forward_chunk, h, w)
+    cache = _ESTIMATES.setdefault(refiner, {})
+    if key not in cache:
+        unet = refiner.meta_unet()
+        memory.set_feed_forward_chunking(unet, feed_forward_chunk)
+        channels = unet.config.in_channels
+        with torch.device("meta"):
+            x = torch.empty(rows, channels, int(frames), h, w, dtype=refiner.dtype)
+            ctx = torch.empty(rows, 77, unet.config.cross_attention_dim, dtype=refiner.dtype)
+            t = torch.zeros(rows, dtype=torch.long)
+        cache[key] = memory.activation_peak_bytes(lambda: unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0])
+    return cache[key]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,6 +43,78 @@ class RefinerLoadError(ValueError):
     """A refiner weights source cannot be used; the message names the file and the fix."""
 
 
+_SHAPE_FIX = ("Fix: the key names are right but sizes differ, so the file is damaged or mixes tensors of two models "
+              "(an interrupted download or conversion): download it again, or convert it again "
+              "(python -m streamingt2v_core.refiner SRC DST); a model of another size needs its config beside it "
+              "(tiny_v2v_config.json or refiner_config.json in the folder)")
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                            r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
+
+
+def _misshaped_error(where, rows: list[tuple[str, list, list]], fix: str = _SHAPE_FIX, limit: int = 10):
+    """RefinerLoadError listing (key, expected shape, shape found in the file) rows."""
+    more = f", the first {limit} shown" if len(rows) > limit else ""
+    lines = [f"{where}: {len(rows)} tensor(s) have the wrong shape for the model{more}:"]
+    lines += [f"  {key}: expected {list(exp)}, found {list(got)}" for key, exp, got in rows[:limit]]
+    lines.append(fix)
+    return RefinerLoadError("\n".join(lines))
+
+
+def check_shapes(module: nn.Module, state: Mapping[str, torch.Tensor], where, names: Mapping[str, str] | None = None,
+                 file_state: Mapping[str, torch.Tensor] | None = None, fix: str = _SHAPE_FIX) -> None:
+    """Before load_state_dict (whose bare RuntimeError names neither file nor fix): RefinerLoadError naming
+    `where`, every mis-shaped key with expected vs found, and the fix. `names` maps the module's keys back to
+    the file's and `file_state` holds the file's tensors when `state` was converted from them."""
+    own = module.state_dict()
+    rows = []
+    for k in own:
+        if k not in state or tuple(state[k].shape) == tuple(own[k].shape):
+            continue
+        expected, found = list(own[k].shape), list(state[k].shape)
+        if names and file_state is not None:
+            found = list(file_state[names[k]].shape)
+            if len(found) == len(expected) + 1 and found[-1] == 1:
+                expected.append(1)  # an official Conv1d(k=1) that becomes a Linear
+        rows.append(((names or {}).get(k, k), expected, found))
+    if rows:
+        raise _misshaped_error(where, rows, fix)
+
+
+def _from_pretrained(cls, folder: Path, fix: str, config_cls=None):
+    """cls.from_pretrained(folder) (diffusers, or transformers with its `config_cls`); a size mismatch, which
+    diffusers and transformers raise as a bare RuntimeError, re-raised as RefinerLoadError naming the file."""
+    try:
+        return cls.from_pretrained(folder)
+    except RuntimeError as exc:
+        rows, where = _misshaped_in_folder(cls, folder, config_cls)
+        if not rows:  # .bin weights: torch's own message lists the mismatches
+            rows = [(k, json.loads(exp), json.loads(got)) for k, got, exp in _SIZE_MISMATCH.findall(str(exc))]
+        if not rows:
+            raise
+        raise _misshaped_error(where, rows, fix) from None
+
+
+def _misshaped_in_folder(cls, folder: Path, config_cls=None) -> tuple[list, Path]:
+    """(key, expected, found) of the folder's safetensors tensors whose shape its config does not give."""
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):  # the architecture alone, no memory
+            model = cls(config_cls.from_pretrained(folder)) if config_cls else cls.from_config(cls.load_config(folder))
+    except (OSError, ValueError, TypeError, KeyError):  # an unreadable config: the caller re-raises the original
+        return [], folder
+    own = model.state_dict()
+    rows, files = [], set()
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                if key in own and list(own[key].shape) != list(shape):
+                    rows.append((key, own[key].shape, shape))
+                    files.add(file)
+    return rows, (files.pop() if len(files) == 1 else folder)
+
+
 # --------------------------------------------------------------------------------------------------
 # Reading weights safely
 
@@ -225,13 +297,17 @@ def build_unet(unet_config: dict, official_resampling: bool = True):
 
     unet = UNet3DConditionModel(**unet_config)
     if official_resampling:
-        for block in unet.down_blocks:
-            for ds in block.downsamplers or []:
-                ds.conv.padding = (2, 1)  # 2 rows top/bottom, 1 column left/right
-        for block in unet.up_blocks:
-            if block.upsamplers:
-                block.upsamplers[0] = CroppedUpsample(block.upsamplers[0].conv)
+        _official_resampling(unet)
     return unet.eval().requires_grad_(False)
+
+
+def _official_resampling(unet) -> None:
+    for block in unet.down_blocks:
+        for ds in block.downsamplers or []:
+            ds.conv.padding = (2, 1)  # 2 rows top/bottom, 1 column left/right
+    for block in unet.up_blocks:
+        if block.upsamplers:
+            block.upsamplers[0] = CroppedUpsample(block.upsamplers[0].conv)
 
 
 def check_latent_size(h: int, w: int) -> None:
@@ -285,7 +361,8 @@ class OpenCLIPTextEncoder(nn.Module):
         self.context_length = context
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor], heads: int | None = None):
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], heads: int | None = None,
+                        where="OpenCLIP text weights"):
         state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
         layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k)))
         vocab, width = state["token_embedding.weight"].shape
@@ -293,7 +370,9 @@ class OpenCLIPTextEncoder(nn.Module):
         own = enc.state_dict()
         missing = [k for k in own if k not in state]
         if missing:
-            raise RefinerLoadError(f"OpenCLIP text weights lack {missing[:5]} ({len(missing)} keys); {_FIX}")
+            raise RefinerLoadError(f"{where}: the OpenCLIP text weights lack {missing[:5]} ({len(missing)} keys); "
+                                   f"{_FIX}")
+        check_shapes(enc, state, where)
         enc.load_state_dict({k: state[k] for k in own})
         return enc.eval().requires_grad_(False)
 
@@ -321,7 +400,7 @@ class OpenCLIPTextEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Autoencoder: SD 2.1 first_stage_model (LDM names) -> diffusers AutoencoderKL
 
-def build_autoencoder(state: Mapping[str, torch.Tensor]):
+def build_autoencoder(state: Mapping[str, torch.Tensor], where="autoencoder weights"):
     """diffusers AutoencoderKL from an LDM `first_stage_model.*` (prefix optional) or diffusers state dict."""
     from diffusers import AutoencoderKL
 
@@ -350,9 +429,10 @@ def build_autoencoder(state: Mapping[str, torch.Tensor]):
                    latent_channels=state["decoder.conv_in.weight"].shape[1], norm_num_groups=32,
                    scaling_factor=LATENT_SCALE)
     vae = AutoencoderKL(**cfg)
+    check_shapes(vae, state, where)  # key names as diffusers' AutoencoderKL has them
     missing, unexpected = vae.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise RefinerLoadError(f"autoencoder weights do not fit an SD AutoencoderKL: missing {missing[:5]}, "
+        raise RefinerLoadError(f"{where}: the autoencoder weights do not fit an SD AutoencoderKL: missing {missing[:5]}, "
                                f"unexpected {unexpected[:5]}; {_FIX}")
     return vae.eval().requires_grad_(False)
 
@@ -414,6 +494,24 @@ class SDEditRefiner(nn.Module):
         """x0 of one chunk (or a batch of chunks): x_t (B, 4, F, h, w) as the UNet sees it, t an integer tensor."""
         return self.denoise(x_t, t, context, negative_context, guidance, rescale)["x0"]
 
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent pixel: 2 ** (autoencoder levels - 1), 8 for the SD autoencoders."""
+        if self.vae is None:
+            return 8
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def meta_unet(self):
+        """The UNet's architecture on the meta device (no weights, no memory), in the UNet's dtype: what
+        activation estimates run on (refine.chunk_activation_bytes)."""
+        from diffusers import UNet3DConditionModel
+
+        with torch.device("meta"):
+            unet = UNet3DConditionModel.from_config(self.unet.config)
+        if any(isinstance(b.upsamplers[0], CroppedUpsample) for b in self.unet.up_blocks if b.upsamplers):
+            _official_resampling(unet)
+        return nn.Module.to(unet, self.dtype).eval().requires_grad_(False)  # diffusers' own .to() warns here
+
 
 class MSVid2VidRefiner(SDEditRefiner):
     """MS-Vid2Vid-XL: v-prediction UNet on the logsnr_cosine_interp zero-terminal-SNR schedule, DPM++(2M) SDE."""
@@ -468,6 +566,7 @@ def load_refiner(source, config=None, device="cpu", dtype=torch.float32):
     if isinstance(config, (str, os.PathLike)):
         config = json.loads(Path(config).read_text())
     text_state = vae_state = None
+    unet_where, text_where, vae_where = "refiner UNet state dict", "text encoder weights", "autoencoder weights"
     if isinstance(source, Mapping):
         unet_state = dict(source.get("state_dict", source))
     else:
@@ -479,27 +578,32 @@ def load_refiner(source, config=None, device="cpu", dtype=torch.float32):
             unet_file = _find(path, CONVERTED_FILES["unet"], OFFICIAL_FILES["unet"])
             if unet_file is None:
                 raise RefinerLoadError(f"{path}: no {CONVERTED_FILES['unet']} or {OFFICIAL_FILES['unet']} here; {_FIX}")
-            unet_state = read_weights(unet_file)
+            unet_state, unet_where = read_weights(unet_file), unet_file
             text_file = _find(path, CONVERTED_FILES["text_encoder"], OFFICIAL_FILES["text_encoder"])
             vae_file = _find(path, CONVERTED_FILES["autoencoder"], OFFICIAL_FILES["autoencoder"])
+            text_where, vae_where = text_file, vae_file
             text_state = read_weights(text_file) if text_file else None
             vae_state = read_weights(vae_file) if vae_file else None
         else:
-            unet_state = read_weights(path)
+            unet_state, unet_where = read_weights(path), path
     unet_cfg = infer_unet_config(unet_state, config)
+    file_names = file_state = None  # diffusers key -> the file's own (official) key and tensor, for errors
     if is_official_unet(unet_state):
-        unet_state = convert_official_unet(unet_state, unet_cfg["layers_per_block"])
+        file_state, unet_state = unet_state, convert_official_unet(unet_state, unet_cfg["layers_per_block"])
+        file_names = {official_to_diffusers_key(k, unet_cfg["layers_per_block"]): k for k in file_state}
     unet = build_unet(unet_cfg)
+    check_shapes(unet, unet_state, unet_where, file_names, file_state)
+    del file_state
     missing, unexpected = unet.load_state_dict(unet_state, strict=False)
     if missing or unexpected:
-        raise RefinerLoadError(f"refiner UNet weights: {len(missing)} missing (e.g. {missing[:3]}), "
+        raise RefinerLoadError(f"{unet_where}: refiner UNet weights: {len(missing)} missing (e.g. {missing[:3]}), "
                                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); {_FIX}")
     del unet_state  # shape mismatches already raised inside load_state_dict
     text = None
     if text_state is not None:
         heads = ((config or {}).get("text_encoder") or {}).get("open_clip_config", {}).get("text_cfg", {}).get("heads")
-        text = OpenCLIPTextEncoder.from_state_dict(text_state, heads)
-    vae = build_autoencoder(vae_state) if vae_state is not None else None
+        text = OpenCLIPTextEncoder.from_state_dict(text_state, heads, where=text_where)
+    vae = build_autoencoder(vae_state, where=vae_where) if vae_state is not None else None
     unet = unet.to(device) if dtype == torch.float32 else unet.to(device=device, dtype=dtype)
     model = MSVid2VidRefiner(unet, text, vae, dtype)
     pixel_hw = ((config or {}).get("video") or {}).get("pixel_hw")
@@ -581,15 +685,18 @@ def load_diffusers_refiner(folder, device="cpu", dtype=torch.float32, canvas: tu
     sched_cls = getattr(diffusers, sched_cfg.get("_class_name", "DDIMScheduler"), None)
     if sched_cls is None:
         raise RefinerLoadError(f"{folder}: unknown scheduler {sched_cfg.get('_class_name')!r} in scheduler_config.json")
-    unet = UNet3DConditionModel.from_pretrained(folder / "unet").eval().requires_grad_(False)
+    fix = ("Fix: the weights do not fit the config.json beside them: download the folder again, or keep each "
+           "part's config.json with the weights it came with")
+    unet = _from_pretrained(UNet3DConditionModel, folder / "unet", fix).eval().requires_grad_(False)
     text = tok = vae = None
     if (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir():
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-        text = CLIPTextModel.from_pretrained(folder / "text_encoder").eval().requires_grad_(False).to(device)
+        text = _from_pretrained(CLIPTextModel, folder / "text_encoder", fix, CLIPTextConfig)
+        text = text.eval().requires_grad_(False).to(device)
         tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     if (folder / "vae").is_dir():
-        vae = AutoencoderKL.from_pretrained(folder / "vae").eval().requires_grad_(False).to(device)
+        vae = _from_pretrained(AutoencoderKL, folder / "vae", fix).eval().requires_grad_(False).to(device)
     return DiffusersT2VRefiner(unet.to(device=device, dtype=dtype), sched_cls.from_config(sched_cfg), text, tok, vae,
                                dtype, canvas)
 

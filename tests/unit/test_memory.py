@@ -306,3 +306,75 @@ def test_sequential_offload_sends_a_part_away_when_it_raises(model):
             model.encode_text(torch.full((1, 77), 10 ** 9, dtype=torch.long))  # token id out of the vocabulary
         assert off.moves == [("text_encoder", "cpu:0"), ("text_encoder", "cpu")]
         assert off.placement["text_encoder"] == torch.device("cpu")
+
+
+# -- memory modes (what the nodes' `memory` input runs) ---------------------------------------------
+
+@pytest.mark.parametrize("mode, accel, free, need, low", [
+    ("low vram", False, 10 ** 12, 1, True),      # asked for: always, even on the CPU
+    ("max speed", True, 1, 10 ** 12, False),     # asked for: never, even when it will not fit
+    ("auto", False, 1, 10 ** 12, False),         # CPU: nowhere to offload to
+    ("auto", True, 9 * 2 ** 30, 10 * 2 ** 30, True),
+    ("auto", True, 10 * 2 ** 30, 10 * 2 ** 30, False),
+])
+def test_wants_low_memory(mode, accel, free, need, low):
+    assert memory.wants_low_memory(mode, accel, free, need) is low
+
+
+def test_wants_low_memory_names_the_modes():
+    with pytest.raises(ValueError, match="memory: 'tiny'.*'auto', 'max speed', 'low vram'"):
+        memory.wants_low_memory("tiny", True, 1, 1)
+
+
+def test_low_memory_plan_keeps_outputs_and_restores_the_model(model, inputs):
+    from diffusers.models.attention import FeedForward
+
+    ref = run_all(model, inputs)
+    ffs = [m for m in model.modules() if isinstance(m, FeedForward)]
+    assert ffs
+    with memory.low_memory(model, COMPUTE, memory.OFFLOAD_PARTS, feed_forward_chunk=64) as off:
+        assert all("forward" in m.__dict__ for m in ffs)  # every feed-forward chunked
+        out = run_all(model, inputs)
+    assert_same(ref, out)
+    # each offloaded part visited the device while it ran and went back
+    for part in ("text_encoder", "image_encoder", "resampler", "vae"):
+        assert (part, "cpu:0") in off.moves and off.moves[-1][1] == "cpu"
+    assert not any("forward" in m.__dict__ for m in ffs)
+    assert not model.text_encoder._forward_pre_hooks and "decode" not in model.vae.__dict__
+
+
+def test_low_memory_plan_restores_the_model_when_the_run_raises(model):
+    from diffusers.models.attention import FeedForward
+
+    with pytest.raises(KeyboardInterrupt):
+        with memory.low_memory(model, COMPUTE, ("vae",)):
+            raise KeyboardInterrupt  # what an interrupt looks like from inside a node
+    assert not any("forward" in m.__dict__ for m in model.modules() if isinstance(m, FeedForward))
+    assert "decode" not in model.vae.__dict__
+
+
+def test_refiner_chunk_estimate_follows_the_measured_peak(tmp_path):
+    """The meta-device estimate the refiner node sizes its batches with equals what the same call allocates
+    for real (CPU, fp32, counted by LiveTensorBytes); feed-forward chunks lower it; guidance rows double it."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+    import make_tiny_refiner
+
+    from streamingt2v_core.refine import chunk_activation_bytes
+    from streamingt2v_core.refiner import load_refiner
+
+    refiner = load_refiner(make_tiny_refiner.write(tmp_path / "tiny_v2v", "converted"))
+    refiner.canvas = (80, 128)
+    h, w = 80 // refiner.latent_factor, 128 // refiner.latent_factor
+    est = chunk_activation_bytes(refiner, 8, rows=2)
+    x = torch.randn(2, 4, 8, h, w)
+    ctx = torch.randn(2, 77, refiner.unet.config.cross_attention_dim)
+    t = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        real = memory.activation_peak_bytes(lambda: refiner.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0],
+                                            fused_attention=False)
+    assert abs(est - real) <= 0.02 * real, (est, real)
+    assert chunk_activation_bytes(refiner, 8, rows=1) < 0.6 * est
+    assert chunk_activation_bytes(refiner, 8, rows=2, feed_forward_chunk=64) < est
+    assert chunk_activation_bytes(refiner, 8, rows=2) == est  # cached, same figure

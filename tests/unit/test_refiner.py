@@ -161,6 +161,48 @@ def test_load_errors_name_the_fix(tmp_path):
         load_refiner(bad)
 
 
+@pytest.mark.parametrize("fmt, component, bad, expected", [
+    # official layout: the key as the .pth names it; a temporal proj (Conv1d k=1 there) keeps its trailing 1
+    ("official", "unet", {"input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight": (33, 32),
+                          "input_blocks.1.2.proj_in.weight": (32, 31, 1)},
+     ["input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight: expected [32, 32], found [33, 32]",
+      "input_blocks.1.2.proj_in.weight: expected [32, 32, 1], found [32, 31, 1]"]),
+    ("converted", "unet", {"output_blocks.3.0.out_layers.3.weight": (128, 128, 3, 2)},
+     ["output_blocks.3.0.out_layers.3.weight: expected [128, 128, 3, 3], found [128, 128, 3, 2]"]),
+    ("converted", "autoencoder", {"first_stage_model.decoder.conv_out.weight": (3, 32, 1, 1)},
+     ["decoder.conv_out.weight: expected [3, 32, 3, 3], found [3, 32, 1, 1]"]),
+], ids=["official_unet", "converted_unet", "autoencoder"])
+def test_misshaped_tensor_names_file_key_shapes_and_fix(tmp_path, fmt, component, bad, expected):
+    """A tensor of the wrong shape is refused with the file, each key with expected vs found shape, and the fix,
+    not torch's bare RuntimeError from load_state_dict."""
+    from safetensors.torch import load_file, save_file
+
+    components = ("unet",) if component == "unet" else ("unet", component)
+    folder = make_tiny_refiner.write(tmp_path / "tiny", fmt, components=components)
+    name = (make_tiny_refiner.OFFICIAL_FILES if fmt == "official" else make_tiny_refiner.CONVERTED_FILES)[component]
+    path = folder / name
+    state = load_file(str(path)) if fmt == "converted" else torch.load(path, weights_only=True)
+    for key, shape in bad.items():
+        assert key in state and tuple(state[key].shape) != shape, key
+        state[key] = torch.zeros(shape)
+    save_file(state, str(path)) if fmt == "converted" else torch.save(state, path)
+    with pytest.raises(RefinerLoadError) as err:
+        load_refiner(folder)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: {len(bad)} tensor(s) have the wrong shape"), msg
+    for line in expected:
+        assert line in msg, msg
+    assert "Fix: " in msg and "download it again" in msg
+
+
+def test_misshaped_text_encoder_tensor_is_named():
+    state = make_tiny_refiner.tiny_component("text_encoder")
+    state["transformer.resblocks.0.mlp.c_fc.weight"] = torch.zeros(4096, 1000)
+    with pytest.raises(RefinerLoadError, match=r"(?s)^open_clip_pytorch_model\.bin: 1 tensor.*"
+                       r"transformer\.resblocks\.0\.mlp\.c_fc\.weight: expected \[4096, 1024\], found \[4096, 1000\].*Fix: "):
+        OpenCLIPTextEncoder.from_state_dict(state, where="open_clip_pytorch_model.bin")
+
+
 def test_converter_keeps_only_used_tensors(tmp_path, tiny_official, oracle):
     from safetensors import safe_open as open_st
 

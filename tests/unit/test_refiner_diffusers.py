@@ -1,8 +1,10 @@
 """Second refiner family: a diffusers UNet3DConditionModel T2V model (zeroscope-like) with its own scheduler."""
+import json
+
 import pytest
 import torch
 
-from streamingt2v_core.refine import refine_latents
+from streamingt2v_core.refine import plan_canvas, refine_latents, refine_video
 from streamingt2v_core.refiner import DiffusersT2VRefiner, load_refiner
 
 
@@ -79,3 +81,91 @@ def test_batched_chunks_equal_one_by_one():
     batched = refine_latents(ref, noised, ctx, neg, chunk=16, overlap=4, steps=2, seed=1)
     one_by_one = refine_latents(ref, noised, ctx, neg, chunk=16, overlap=4, steps=2, seed=1, chunk_batch=1)
     torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-4)
+
+
+def write_tiny_t2v_folder(folder):
+    """A diffusers text-to-video folder as zeroscope ships it (model_index.json, unet/, scheduler/, vae/,
+    text_encoder/, tokenizer/), every part tiny: CLIP text width 32 = the UNet's cross-attention width,
+    an AutoencoderKL with 2 levels (latents at half the pixel size), a character-level CLIP BPE vocabulary."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tiny_unet().save_pretrained(folder / "unet")
+    ddim("v_prediction").save_pretrained(folder / "scheduler")
+    torch.manual_seed(1)
+    AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                  norm_num_groups=32).save_pretrained(folder / "vae")
+    torch.manual_seed(2)
+    CLIPTextModel(CLIPTextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(folder / "text_encoder")
+    tok_dir = folder / "tokenizer"
+    tok_dir.mkdir()
+    letters = "abcdefghijklmnopqrstuvwxyz,"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in letters:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77,
+                  pad_token="<|endoftext|>").save_pretrained(tok_dir)
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "TextToVideoSDPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet3DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}))
+    return folder
+
+
+def test_diffusers_folder_refines_pixels(tmp_path):
+    """The second family end to end on pixels: prompt through its CLIP text encoder, frames through its VAE,
+    blended SDEdit with its own scheduler, decoded and cropped; every frame kept, a seed reproduces the video."""
+    ref = load_refiner(write_tiny_t2v_folder(tmp_path))
+    assert ref.family == "diffusers" and ref.prediction_type == "v_prediction"
+    assert ref.vae is not None and ref.text_encoder is not None and ref.tokenizer is not None
+    ctx, neg = ref.encode_prompt("a red ball, rolling")
+    assert ctx.shape == neg.shape == (1, 77, 32) and not torch.equal(ctx, neg)
+
+    canvas = (32, 48)  # latents 16x24
+    images = torch.rand(13, 24, 32, 3, generator=torch.Generator().manual_seed(4))
+    (rh, rw), _ = plan_canvas(24, 32, canvas)
+    kw = dict(strength_step=600, steps=2, chunk=8, overlap=3, canvas=canvas)  # chunks [0, 8) and [5, 13)
+    seen = []
+    out = refine_video(ref, images, "a red ball, rolling", "", seed=9, callback=lambda i, n, x0: seen.append(x0.shape),
+                       **kw)
+    assert (rh, rw) == (32, 43) and out.shape == (13, rh, rw, 3)
+    assert seen == [(1, 4, 13, 16, 24)] * 2  # every solver step sees the whole-video latent
+    assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
+    again = refine_video(ref, images, "a red ball, rolling", "", seed=9, **kw)
+    torch.testing.assert_close(out, again, rtol=0, atol=0)  # a seed reproduces the video
+    other = refine_video(ref, images, "a red ball, rolling", "", seed=10, **kw)
+    assert not torch.equal(out, other)
+    padded = refine_video(ref, images, "a red ball, rolling", "", seed=9, crop=False, **kw)
+    assert padded.shape == (13, *canvas, 3)
+
+
+@pytest.mark.parametrize("part, key, shape", [
+    ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight", (33, 32)),
+    ("text_encoder", "encoder.layers.0.self_attn.q_proj.weight", (33, 32)),
+    ("vae", "decoder.conv_in.weight", (65, 4, 3, 3)),
+])
+def test_diffusers_folder_misshaped_tensor_names_file_key_shapes_and_fix(tmp_path, part, key, shape):
+    """diffusers and transformers raise a bare RuntimeError on a size mismatch; the loader names the file,
+    the key with expected vs found shape and the fix instead."""
+    from safetensors.torch import load_file, save_file
+
+    from streamingt2v_core.refiner import RefinerLoadError
+
+    folder = write_tiny_t2v_folder(tmp_path)
+    (path,) = (folder / part).glob("*.safetensors")
+    state = load_file(str(path))
+    expected = list(state[key].shape)
+    state[key] = torch.zeros(shape)
+    save_file(state, str(path), metadata={"format": "pt"})
+    with pytest.raises(RefinerLoadError) as err:
+        load_refiner(folder)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: 1 tensor(s) have the wrong shape"), msg
+    assert f"{key}: expected {expected}, found {list(shape)}" in msg
+    assert "Fix: " in msg and "config.json" in msg

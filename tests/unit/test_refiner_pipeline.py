@@ -64,6 +64,23 @@ def test_refine_video_keeps_41_frames_and_crops(tiny):
     assert not torch.equal(padded, other)
 
 
+@pytest.mark.parametrize("hw, content", [((32, 48), (80, 120)), ((48, 32), (80, 53))], ids=["landscape", "portrait"])
+def test_refine_video_non_square(tiny, hw, content):
+    """Non-square frames fill the canvas height (80) with their aspect; the output is cropped to exactly the
+    resized content that plan_canvas predicts, at the box it predicts; crop=False gives the whole canvas."""
+    images = torch.rand(12, *hw, 3, generator=torch.Generator().manual_seed(7))
+    (rh, rw), (top, left, bh, bw) = plan_canvas(*hw, TINY_CANVAS)
+    assert (rh, rw) == (bh, bw) == content
+    kw = dict(steps=1, seed=2, chunk=8, overlap=4, canvas=TINY_CANVAS)  # two chunks, one overlap
+    out = refine_video(tiny, images, "a cat", "", **kw)
+    assert out.shape == (12, rh, rw, 3)
+    assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
+    padded = refine_video(tiny, images, "a cat", "", crop=False, **kw)
+    assert padded.shape == (12, *TINY_CANVAS, 3)
+    # the crop is the content box of the same refined canvas
+    torch.testing.assert_close(out, padded[:, top:top + rh, left:left + rw], rtol=0, atol=0)
+
+
 class _FrameEcho:
     """Refiner stand-in whose x0 is its input: the solver, chunking and stitching run for real, cheaply."""
 
