@@ -34,6 +34,8 @@ _ADVICE = {
     "frames": "fewer frames per run ({value} now): refine the video in parts",
     "frames_to_add": "fewer frames per run (frames_to_add is {value} now): chain several CAMExtendChunk nodes "
                      "or runs; the stream so far is kept in host memory",
+    "memory": "memory 'low vram' in this node (it is '{value}' now): parts not in use leave the accelerator "
+              "and the feed-forwards run in chunks, with the same frames",
 }
 _OFFLOAD = ("offload: start ComfyUI with --lowvram (or --novram, or --reserve-vram GB) so weights not in use "
             "leave the accelerator, and close other programs using it")
@@ -47,7 +49,7 @@ class StreamingT2VOutOfMemoryError(torch.OutOfMemoryError):
 
 def oom_message(node: str, settings: Mapping[str, object], cause: BaseException | None = None) -> str:
     """The message for an out-of-memory error in `node`. `settings` maps the memory-relevant settings of
-    the run (keys of _ADVICE: dtype, size, chunk, frames, frames_to_add) to their current values."""
+    the run (keys of _ADVICE: dtype, size, chunk, frames, frames_to_add, memory) to their current values."""
     unknown = sorted(set(settings) - set(_ADVICE))
     if unknown:
         raise KeyError(f"oom_message: no advice for {unknown}; known settings: {sorted(_ADVICE)}")

@@ -7,7 +7,7 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 import torch.nn.functional as F
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from .errors import oom_advice
 from .loader import DTYPE_NAMES
@@ -125,7 +125,8 @@ class StreamingT2VInitFromFrames(io.ComfyNode):
             description="Starts a stream from any frames (at least 8: the CAM reads the last 8), e.g. a loaded "
                         "video, to continue it. Frames are resized to the model's resolution.",
             inputs=[
-                StreamingT2VModel.Input("model"),
+                # lazy: the frame count is checked before the model is requested (loaded)
+                StreamingT2VModel.Input("model", lazy=True),
                 io.Image.Input("frames", tooltip="At least 8 frames; all of them become chunk 0 of the stream."),
                 *size_inputs(),
                 io.Combo.Input("resize", options=RESIZE_MODES, default="center crop",
@@ -140,16 +141,32 @@ class StreamingT2VInitFromFrames(io.ComfyNode):
     def validate_inputs(cls, width=0, height=0):
         return size_problem(width, height) or True
 
-    @classmethod
-    def execute(cls, model, frames, width=0, height=0, resize="center crop") -> io.NodeOutput:
+    @staticmethod
+    def input_problem(frames, width, height, resize) -> str | None:
+        """Why the inputs other than the model cannot be used (None: fine)."""
         n = int(frames.shape[0])
         if n < MIN_FRAMES:
-            raise ValueError(f"frames: {n} frame(s) given; the CAM continues from the last {MIN_FRAMES} frames, "
-                             f"so give at least {MIN_FRAMES} (e.g. a longer video or more images)")
+            return (f"frames: {n} frame(s) given; the CAM continues from the last {MIN_FRAMES} frames, "
+                    f"so give at least {MIN_FRAMES} (e.g. a longer video or more images)")
         if size_problem(width, height):
-            raise ValueError(size_problem(width, height))
+            return size_problem(width, height)
         if resize not in RESIZE_MODES:
-            raise ValueError(f"resize: '{resize}' is not one of {RESIZE_MODES}")
+            return f"resize: '{resize}' is not one of {RESIZE_MODES}"
+        return None
+
+    @classmethod
+    def check_lazy_status(cls, model=None, frames=None, width=0, height=0, resize="center crop"):
+        # Bad frames fail in execute without the model: the loader is never run for them.
+        if model is None and frames is not None and cls.input_problem(frames, width, height, resize) is None:
+            return ["model"]
+        return []
+
+    @classmethod
+    def execute(cls, model, frames, width=0, height=0, resize="center crop") -> io.NodeOutput:
+        problem = cls.input_problem(frames, width, height, resize)
+        if problem:
+            raise ValueError(problem)
+        n = int(frames.shape[0])
         width, height = _target_size(model, width, height)
         h, w = int(frames.shape[1]), int(frames.shape[2])
         if (w, h) == (width, height):
@@ -159,7 +176,7 @@ class StreamingT2VInitFromFrames(io.ComfyNode):
             image = resize_frames(frames, width, height, resize)
             info = f"{n} frames resized from {w}x{h} to {width}x{height} ({resize}) to match the model"
             log.warning("StreamingT2V: %s", info)
-        return io.NodeOutput(StreamState(chunks=(image,), prompts=("",)), image, info)
+        return io.NodeOutput(StreamState(chunks=(image,), prompts=("",)), image, info, ui=ui.PreviewText(info))
 
 
 INIT_NODES = [StreamingT2VInitFromText, StreamingT2VInitFromFrames]

@@ -2,6 +2,7 @@
 with randomized blending (the whole-video latent denoised in overlapping chunks, random cuts per step)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -11,6 +12,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..streamingt2v_core.memory import MEMORY_MODES, low_memory, wants_low_memory
 from .errors import advise_out_of_memory
 from .loader import DTYPES, PatchedModel, _missing_message, resolve_dtype
 from .stream import SEED_MAX, preview
@@ -142,21 +144,29 @@ class RandomizedBlendRefiner(io.ComfyNode):
                 io.Combo.Input("output", options=OUTPUT_CHOICES, default=OUTPUT_CHOICES[0],
                                tooltip="crop to content: the refined frames at the resized size (720x720 for "
                                        "square input). padded canvas: the official 1280x720 frame with its bars."),
+                io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto", optional=True,
+                               tooltip="auto: as many chunks per UNet call as fit, else low vram. max speed: as "
+                                       "many chunks per call as fit. low vram: one chunk per call, feed-forwards "
+                                       "in token chunks, the text encoder visits the device only to encode the "
+                                       "prompt (same frames; at 1280x720 about 10 GB instead of 18 GB)."),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )
 
     @classmethod
-    def validate_inputs(cls, strength_step=600, steps=30, chunk=24, overlap=8, output=OUTPUT_CHOICES[0]):
+    def validate_inputs(cls, strength_step=600, steps=30, chunk=24, overlap=8, output=OUTPUT_CHOICES[0],
+                        memory="auto"):
         errors = _chunking_errors(int(chunk), int(overlap), int(steps), int(strength_step))
         if output not in OUTPUT_CHOICES:
             errors.append(f"output: '{output}' is not one of {OUTPUT_CHOICES}")
+        if memory not in MEMORY_MODES:
+            errors.append(f"memory: '{memory}' is not one of {list(MEMORY_MODES)}")
         return "; ".join(errors) if errors else True
 
     @classmethod
     def execute(cls, refiner, images, prompt, negative_prompt, strength_step, steps, guidance, rescale, chunk,
-                overlap, seed, output) -> io.NodeOutput:
-        from ..streamingt2v_core.refine import check_frame_size, refine_video
+                overlap, seed, output, memory="auto") -> io.NodeOutput:
+        from ..streamingt2v_core.refine import check_frame_size, chunk_activation_bytes, refine_video
 
         errors = _chunking_errors(chunk, overlap, steps, strength_step)
         if errors:
@@ -177,31 +187,40 @@ class RandomizedBlendRefiner(io.ComfyNode):
             pbar.update_absolute(i + 1, total, frame)
 
         try:
-            per_chunk = _chunk_memory(refiner.module, images.shape[0], chunk)
+            # activations of one chunk per UNet call, counted on a meta copy of the UNet at this canvas, plus
+            # 15% for what the count leaves out (allocator rounding, kernel workspaces)
+            rows = 1 if float(guidance) == 1.0 else 2
+            clen = min(int(chunk), int(images.shape[0]))
+            per_chunk = int(1.15 * chunk_activation_bytes(refiner.module, clen, rows))
             rf = refiner.on_device(memory_required=per_chunk)
-            # on an accelerator: all chunks of a solver step in one UNet call, or as few as the free memory
-            # allows; on the CPU batching gains nothing (bench/refiner_bench.py) and costs memory
-            chunk_batch = 1 if rf.device.type == "cpu" else max(1, int(0.8 * mm.get_free_memory(rf.device)) // per_chunk)
-            out = refine_video(rf, images[..., :3].float(), prompt, negative_prompt, strength_step=int(strength_step),
-                               steps=int(steps), guidance=float(guidance), rescale=float(rescale), chunk=int(chunk),
-                               overlap=int(overlap), seed=int(seed), crop=output == OUTPUT_CHOICES[0],
-                               chunk_batch=chunk_batch, callback=on_step)
+            accelerator = not mm.is_device_cpu(rf.device)
+            free = mm.get_free_memory(rf.device)
+            low = wants_low_memory(memory, accelerator, free, per_chunk)
+            if low:
+                chunk_batch = 1
+                parts = [p for p in ("text_encoder",) if isinstance(getattr(rf, p, None), torch.nn.Module)]
+                plan = low_memory(rf, rf.device, parts, offload_device=mm.unet_offload_device())
+            else:
+                # on an accelerator: all chunks of a solver step in one UNet call, or as few as the free memory
+                # allows; on the CPU batching gains nothing (bench/refiner_bench.py) and costs memory
+                chunk_batch = max(1, int(0.8 * free) // per_chunk) if accelerator else 1
+                plan = contextlib.nullcontext()
+            log.info("StreamingT2V: refiner memory plan: %s, %d chunk(s) per UNet call (%.2f GiB each, %.2f GiB free)",
+                     "low vram" if low else "fast", chunk_batch, per_chunk / 2 ** 30, free / 2 ** 30)
+            with plan:
+                out = refine_video(rf, images[..., :3].float(), prompt, negative_prompt,
+                                   strength_step=int(strength_step), steps=int(steps), guidance=float(guidance),
+                                   rescale=float(rescale), chunk=int(chunk), overlap=int(overlap), seed=int(seed),
+                                   crop=output == OUTPUT_CHOICES[0], chunk_batch=chunk_batch, callback=on_step)
         except BaseException as exc:  # interrupt, OOM, anything: free the accelerator, then let ComfyUI report it
             mm.soft_empty_cache()
-            advise_out_of_memory(exc, "RandomizedBlendRefiner", {"frames": int(images.shape[0]), "chunk": int(chunk),
-                                                                 "dtype": str(refiner.module.dtype)})
+            settings = {"frames": int(images.shape[0]), "chunk": int(chunk), "dtype": str(refiner.module.dtype)}
+            if memory != "low vram":
+                settings["memory"] = memory
+            advise_out_of_memory(exc, "RandomizedBlendRefiner", settings)
             raise
         log.info("StreamingT2V: refined %d frames -> %dx%d", out.shape[0], out.shape[2], out.shape[1])
         return io.NodeOutput(out.to(mm.intermediate_device()))
-
-
-def _chunk_memory(refiner, frames: int, chunk: int) -> int:
-    """Activation memory of one guided chunk (positive + negative row): about 20 live tensors of the widest
-    full-resolution activation (first-level channels x chunk frames x latent pixels), in the UNet dtype."""
-    h, w = refiner.canvas[0] // 8, refiner.canvas[1] // 8
-    c0 = refiner.unet.config.block_out_channels[0]
-    size = torch.finfo(refiner.dtype).bits // 8
-    return int(20 * 2 * min(frames, chunk) * h * w * c0 * size)
 
 
 REFINER_NODES = [LoadStreamingT2VRefiner, RandomizedBlendRefiner]

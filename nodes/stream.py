@@ -1,15 +1,18 @@
 """Stage 2 nodes: the APM anchor and the autoregressive CAM extension loop."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import comfy.model_management as mm
 import comfy.utils
 import torch
 from comfy.cli_args import args
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 from PIL import Image
 
+from ..streamingt2v_core.memory import (FEED_FORWARD_CHUNK, MEMORY_MODES, OFFLOAD_PARTS, low_memory,
+                                        wants_low_memory)
 from .errors import oom_advice, simulate_oom_for_tests
 from .loader import DTYPE_NAMES
 from .types import (CHUNK_NEW_FRAMES, APMAnchor, Anchor, Stream, StreamingT2VModel, StreamState, frames_to_image,
@@ -19,6 +22,11 @@ log = logging.getLogger("StreamingT2V")
 
 MAX_FRAMES_TO_ADD = 100_000
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+MEMORY_TOOLTIP = ("auto: everything on the device when it fits, else low vram. max speed: everything on the device. "
+                  "low vram: text and image encoders, resampler and VAE visit the device only while they run, "
+                  "feed-forwards run in token chunks (same frames, less memory, some speed lost).")
+LOW_STAGE2 = ("low vram (text/image encoders, resampler and VAE offloaded between uses; feed-forwards in chunks of "
+              f"{FEED_FORWARD_CHUNK} tokens)")
 EMPTY_PROMPT_LIST = ("prompt: the prompt list is empty (per_line_prompts is on and every line is blank); "
                      "write one prompt per line or turn per_line_prompts off")
 
@@ -58,7 +66,8 @@ class AnchorFrameAPM(io.ComfyNode):
                         "appearance anchor every new chunk attends to. Without it, CAMExtendChunk anchors to "
                         "frame 0 of the stream, as the official code does.",
             inputs=[
-                StreamingT2VModel.Input("model"),
+                # lazy: the index is checked before the model is requested (loaded)
+                StreamingT2VModel.Input("model", lazy=True),
                 io.Image.Input("frames", tooltip="Frames or a single image."),
                 io.Int.Input("index", default=0, min=0, max=MAX_FRAMES_TO_ADD,
                              tooltip="Which frame of `frames` is the anchor (0 = the first)."),
@@ -67,12 +76,27 @@ class AnchorFrameAPM(io.ComfyNode):
                      io.Image.Output("anchor_image", display_name="anchor_image")],
         )
 
-    @classmethod
-    def execute(cls, model, frames, index=0) -> io.NodeOutput:
+    @staticmethod
+    def index_problem(frames, index) -> str | None:
         n = int(frames.shape[0])
         if not 0 <= index < n:
-            raise ValueError(f"index: {index} is beyond the {n} frame(s) of `frames` (valid: 0 to {n - 1}); "
-                             f"pick a frame that exists")
+            return (f"index: {index} is beyond the {n} frame(s) of `frames` (valid: 0 to {n - 1}); "
+                    f"pick a frame that exists")
+        return None
+
+    @classmethod
+    def check_lazy_status(cls, model=None, frames=None, index=0):
+        # A bad index fails in execute without the model: the loader is never run for it.
+        if model is None and frames is not None and cls.index_problem(frames, index) is None:
+            return ["model"]
+        return []
+
+    @classmethod
+    def execute(cls, model, frames, index=0) -> io.NodeOutput:
+        problem = cls.index_problem(frames, index)
+        if problem:
+            raise ValueError(problem)
+        n = int(frames.shape[0])
         image = frames[index:index + 1, :, :, :3]
         st = model.on_device()
         anchor = encode_anchor(st, image, f"frame {index} of {n}")
@@ -90,7 +114,8 @@ class CAMExtendChunk(io.ComfyNode):
                         "the last 8 frames so far and the APM holding the anchor; 8 frames are new per chunk. "
                         "Official defaults: DDIM 50 steps, eta 1, guidance 7.5, seed 33.",
             inputs=[
-                StreamingT2VModel.Input("model"),
+                # lazy: requested only once the stream exists and the cheap checks pass (no load for bad input)
+                StreamingT2VModel.Input("model", lazy=True),
                 Stream.Input("stream", tooltip="From an init node or another CAMExtendChunk."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The prompt; with per_line_prompts on, one prompt per line, chunk by chunk "
@@ -110,14 +135,18 @@ class CAMExtendChunk(io.ComfyNode):
                 APMAnchor.Input("anchor", optional=True,
                                 tooltip="APM anchor from AnchorFrameAPM. Default: the stream's anchor so far, "
                                         "else its frame 0."),
+                io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto", optional=True,
+                               tooltip=MEMORY_TOOLTIP),
             ],
             outputs=[Stream.Output("extended_stream", display_name="stream"),
                      io.String.Output("info", display_name="info")],
         )
 
     @classmethod
-    def validate_inputs(cls, frames_to_add=64, prompt="", per_line_prompts=False):
+    def validate_inputs(cls, frames_to_add=64, prompt="", per_line_prompts=False, memory="auto"):
         # Linked inputs arrive as None here; execute checks them again.
+        if memory is not None and memory not in MEMORY_MODES:
+            return f"memory: '{memory}' is not one of {list(MEMORY_MODES)}"
         if frames_to_add is not None and not 1 <= frames_to_add <= MAX_FRAMES_TO_ADD:
             return (f"frames_to_add: {frames_to_add} frames cannot be added; give 1 to {MAX_FRAMES_TO_ADD} "
                     f"(rounded up to whole chunks of {CHUNK_NEW_FRAMES})")
@@ -126,8 +155,14 @@ class CAMExtendChunk(io.ComfyNode):
         return True
 
     @classmethod
+    def check_lazy_status(cls, model=None, prompt=None, frames_to_add=64, per_line_prompts=False, **_inputs):
+        if model is not None or frames_to_add < 1 or (prompt is not None and not split_prompts(prompt, per_line_prompts)):
+            return []  # bad input fails in execute without the model
+        return ["model"]
+
+    @classmethod
     def execute(cls, model, stream: StreamState, prompt, negative_prompt, frames_to_add, steps, guidance, eta,
-                seed, per_line_prompts, anchor: Anchor | None = None) -> io.NodeOutput:
+                seed, per_line_prompts, anchor: Anchor | None = None, memory="auto") -> io.NodeOutput:
         from ..streamingt2v_core.streaming import chunks_for_frames, extend_video
 
         # Cheap checks first: nothing heavy runs on bad input.
@@ -173,26 +208,36 @@ class CAMExtendChunk(io.ComfyNode):
             log.info("StreamingT2V: chunk %d/%d done (%d frames so far)", index + 1, num_chunks,
                      stream.num_frames + CHUNK_NEW_FRAMES * (index + 1))
 
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory: '{memory}' is not one of {list(MEMORY_MODES)}")
         if anchor is not None and anchor.tokens.shape[-1] != cfg.context_dim:
             raise ValueError(f"anchor: APM tokens of width {anchor.tokens.shape[-1]}, this model needs "
                              f"{cfg.context_dim}; make the anchor with the same model")
         memory_settings = {"dtype": DTYPE_NAMES.get(model.module.dtype, str(model.module.dtype)),
                            "size": f"{stream.width}x{stream.height}", "frames_to_add": frames_to_add}
+        if memory != "low vram":
+            memory_settings["memory"] = memory
         try:
             with oom_advice("CAMExtendChunk", memory_settings):
-                st = model.on_device(memory_required=_memory_estimate(cfg, stream))
-                if anchor is None:
-                    anchor = stream.anchor or encode_anchor(st, stream.frame(0), "frame 0 of the stream")
-                extend_video(st, stream.tail(cfg.cond_frames), num_chunks, per_chunk, negative_prompt,
-                             anchor_tokens=anchor.tokens, steps=steps, guidance=guidance, eta=eta, seed=seed,
-                             on_step=on_step, on_chunk=on_chunk)
+                need = _memory_estimate(cfg, stream)
+                st = model.on_device(memory_required=need)
+                low = wants_low_memory(memory, not mm.is_device_cpu(st.device), mm.get_free_memory(st.device), need)
+                notes.append("memory: " + (LOW_STAGE2 if low else "all parts on the device"))
+                plan = (low_memory(st, st.device, OFFLOAD_PARTS, offload_device=mm.unet_offload_device()) if low
+                        else contextlib.nullcontext())
+                with plan:
+                    if anchor is None:
+                        anchor = stream.anchor or encode_anchor(st, stream.frame(0), "frame 0 of the stream")
+                    extend_video(st, stream.tail(cfg.cond_frames), num_chunks, per_chunk, negative_prompt,
+                                 anchor_tokens=anchor.tokens, steps=steps, guidance=guidance, eta=eta, seed=seed,
+                                 on_step=on_step, on_chunk=on_chunk)
         except BaseException:  # interrupt, OOM, anything: free the accelerator, then let ComfyUI report it
             mm.soft_empty_cache()
             raise
         notes.append(f"stream: {stream.num_frames} -> {stream.num_frames + added} frames; anchor: {anchor.source}")
         info = "\n".join(notes)
         log.info("StreamingT2V: %s", info.replace("\n", "; "))
-        return io.NodeOutput(stream.extended(new_chunks, per_chunk, anchor), info)
+        return io.NodeOutput(stream.extended(new_chunks, per_chunk, anchor), info, ui=ui.PreviewText(info))
 
 
 def _memory_estimate(cfg, stream: StreamState) -> int:

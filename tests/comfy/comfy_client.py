@@ -393,13 +393,17 @@ def describe_failure(entry: dict) -> str:
 
 
 class WsListener:
-    """Collects the JSON messages the server sends to one client id, on a background thread."""
+    """Collects the messages the server sends to one client id, on a background thread: JSON messages in
+    `messages`, binary frames (previews) in `binary`."""
+
+    PREVIEW_IMAGE = 1  # binary event: 4-byte event, 4-byte format (1 = JPEG, 2 = PNG), image bytes
 
     def __init__(self, url: str, client_id: str):
         import websocket  # websocket-client, one of ComfyUI's requirements
 
         self.client_id = client_id
         self.messages: list[dict] = []
+        self.binary: list[bytes] = []
         self._cond = threading.Condition()
         ws_url = url.replace("http://", "ws://", 1) + "/ws?clientId=" + urllib.parse.quote(client_id)
         self._ws = websocket.create_connection(ws_url, timeout=30)
@@ -423,6 +427,26 @@ class WsListener:
                 with self._cond:
                     self.messages.append(data)
                     self._cond.notify_all()
+            elif isinstance(msg, bytes):
+                with self._cond:
+                    self.binary.append(msg)
+
+    def previews(self) -> list[tuple[int, "object"]]:
+        """(format, PIL image) of every PREVIEW_IMAGE frame received so far (binary frames carry no prompt id:
+        listen on a client id of its own)."""
+        import io
+        import struct
+
+        from PIL import Image
+
+        with self._cond:
+            frames = list(self.binary)
+        out = []
+        for msg in frames:
+            event, fmt = struct.unpack(">II", msg[:8])
+            if event == self.PREVIEW_IMAGE:
+                out.append((fmt, Image.open(io.BytesIO(msg[8:]))))
+        return out
 
     def of_type(self, kind: str, prompt_id: str | None = None) -> list[dict]:
         with self._cond:

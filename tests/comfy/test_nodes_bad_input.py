@@ -37,14 +37,31 @@ def rejected(client: ComfyClient, graph: dict, node: str, input_name: str, *word
     return text
 
 
-def failed_before_work(client: ComfyClient, graph: dict, node_type: str, *words: str) -> str:
+def forget_cached_outputs(client: ComfyClient) -> None:
+    """Run a tiny prompt without the pack's nodes: ComfyUI's (classic) cache keeps only the outputs of the
+    nodes of the last prompt, so a model a loader produced earlier is no longer cached."""
+    entry = client.run({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
+                                                                     "color": 0}},
+                        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=120)
+    assert status_str(entry) == "success", entry.get("status")
+
+
+def failed_before_work(client: ComfyClient, graph: dict, node_type: str, *words: str, not_run=()) -> str:
     """The prompt is accepted but the node raises at once: execution_error naming the input, and no
-    denoising step ran (no progress messages at all)."""
+    denoising step ran (no progress messages at all). The nodes in `not_run` (e.g. the model loader)
+    neither ran nor came from the cache: the error came before they were requested."""
+    if not_run:
+        forget_cached_outputs(client)
     with client.listen() as ws:
         pid = client.post_prompt(graph)
         entry = client.wait(pid, timeout=300)
         ws.wait_for("execution_error", pid, timeout=60)
         progress = ws.of_type("progress", pid)
+        cached = ws.wait_for("execution_cached", pid, timeout=30)["nodes"]
+        ran = {d.get("node") for d in ws.of_type("executing", pid)} - {None}
+    for node in not_run:
+        assert node not in cached, f"node {node} came from the cache: the check would prove nothing"
+        assert node not in ran, f"node {node} ({graph[node]['class_type']}) ran before the error; ran: {sorted(ran)}"
     assert status_str(entry) == "error"
     err = execution_error(entry)
     assert err["node_type"] == node_type, err
@@ -73,9 +90,14 @@ def test_model_file_that_is_not_there(comfy, no_new_output):
 
 
 def test_fewer_than_8_input_frames(comfy, no_new_output):
+    # The model inputs of the init node and of CAMExtendChunk are lazy: the model is never loaded.
     msg = failed_before_work(comfy, stream_graph(init_frames=5, seed=301), "StreamingT2VInitFromFrames",
-                             "frames", "5 frame", "at least 8")
+                             "frames", "5 frame", "at least 8", not_run=["1"])
     assert msg.startswith("frames:")
+    g = stream_graph(init_frames=5)
+    del g["4"]
+    g["5"]["inputs"]["stream"] = ["3", 0]
+    failed_before_work(comfy, g, "StreamingT2VInitFromFrames", "frames:", "5 frame", "at least 8", not_run=["1"])
 
 
 @pytest.mark.parametrize("node,field,value", [("3", "width", 100), ("3", "height", 60)])
@@ -96,6 +118,10 @@ def test_anchor_index_beyond_the_frames(comfy, no_new_output):
     g["7"] = {"class_type": "AnchorFrameAPM", "inputs": {"model": ["1", 0], "frames": ["2", 0], "index": 16}}
     g["4"]["inputs"]["anchor"] = ["7", 0]
     failed_before_work(comfy, g, "AnchorFrameAPM", "index", "16", "16 frame", "0 to 15")
+    # The anchor node's model input is lazy: when nothing else needs the model, it is never loaded.
+    g = {"1": g["1"], "2": g["2"], "7": g["7"],
+         "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 1]}}}
+    failed_before_work(comfy, g, "AnchorFrameAPM", "index: 16", "16 frame", "0 to 15", not_run=["1"])
 
 
 def test_empty_prompt_list(comfy, no_new_output):

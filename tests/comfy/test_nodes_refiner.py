@@ -14,7 +14,7 @@ import pytest
 
 from comfy_client import read_video_info
 from test_nodes_bad_input import failed_before_work, no_new_output, rejected  # noqa: F401 (fixture)
-from test_nodes_streaming import TINY_SIZE, WORKFLOWS, fast, run_ok, saved_frames, the_mp4
+from test_nodes_streaming import TINY_SIZE, WORKFLOWS, fast, run_ok, run_watched, saved_frames, the_mp4
 
 REFINER = "tiny_ms_vid2vid"
 CANVAS_HW = (80, 128)      # tiny_v2v_config.json video.pixel_hw
@@ -118,6 +118,19 @@ def test_padded_canvas_output_keeps_the_official_frame(comfy, tmp_path):
     entry = run_ok(comfy, images_graph(16, prefix="video/st2v_refine_padded", output="padded canvas (official 1280x720)"))
     info = read_video_info(the_mp4(comfy, entry, tmp_path))
     assert (info.frames, info.width, info.height) == (16, CANVAS_HW[1], CANVAS_HW[0])
+
+
+def test_progress_over_every_solver_step_and_a_preview(comfy):
+    """One websocket progress bar over all solver steps of the refiner (max = steps, every value reached),
+    and preview images of the current x0 on the way (JPEG, as ComfyUI sends them)."""
+    steps = 3
+    progress, previews = run_watched(comfy, images_graph(16, prefix="video/st2v_refine_progress", steps=steps), "3")
+    assert progress, "no websocket progress messages from RandomizedBlendRefiner"
+    assert {d["max"] for d in progress} == {steps}
+    values = [d["value"] for d in progress]
+    assert values == sorted(values) and values[-1] == steps and set(range(1, steps + 1)) <= set(values)
+    assert 1 <= len(previews) <= steps, f"{len(previews)} previews for {steps} solver steps"
+    assert all(fmt == 1 and img.format == "JPEG" and min(img.size) > 0 for fmt, img in previews)
 
 
 @pytest.mark.parametrize("inputs, name, words", [

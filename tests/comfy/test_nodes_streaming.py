@@ -29,8 +29,10 @@ EXPECTED_INPUTS = {
     "StreamingT2VInitFromFrames": (["model", "frames", "width", "height", "resize"], []),
     "AnchorFrameAPM": (["model", "frames", "index"], []),
     "CAMExtendChunk": (["model", "stream", "prompt", "negative_prompt", "frames_to_add", "steps", "guidance", "eta",
-                        "seed", "per_line_prompts"], ["anchor"]),
+                        "seed", "per_line_prompts"], ["anchor", "memory"]),
     "ChunkAssembler": (["stream", "fps"], []),
+    "VideoQualityMetrics": (["images", "flow", "coeff", "working_size", "window_start", "window_step"],
+                            ["prompt", "clip", "clip_vision"]),
 }
 EXPECTED_OUTPUTS = {
     "LoadStreamingT2V": ["STREAMINGT2V_MODEL"],
@@ -40,7 +42,10 @@ EXPECTED_OUTPUTS = {
     "AnchorFrameAPM": ["STREAMINGT2V_APM", "IMAGE"],
     "CAMExtendChunk": ["STREAMINGT2V_STREAM", "STRING"],
     "ChunkAssembler": ["IMAGE", "FLOAT", "VIDEO"],
+    "VideoQualityMetrics": ["STRING", "STRING", "FLOAT", "FLOAT", "FLOAT", "INT", "FLOAT"],
 }
+# Every node the pack registers (nodes/__init__.py); the refiner nodes' inputs: tests/comfy/test_nodes_refiner.py
+PACK_NODES = set(EXPECTED_INPUTS) | {"LoadStreamingT2VRefiner", "RandomizedBlendRefiner"}
 # frames of the mp4 each shipped workflow writes (chunk 0 whole + 8 per CAM chunk)
 EXPECTED_WORKFLOW_FRAMES = {
     "long_video": 16 + 64,
@@ -87,6 +92,20 @@ def run_ok(client: ComfyClient, graph: dict, timeout: float = 600) -> dict:
     return entry
 
 
+def run_watched(client: ComfyClient, graph: dict, node: str, timeout: float = 600) -> tuple[list[dict], list]:
+    """Run a prompt (on a client id of its own) while listening: the websocket `progress` messages of `node`,
+    and the (format, PIL image) of every preview image sent meanwhile."""
+    client = ComfyClient(client.url)  # previews carry no prompt id: a fresh client id sees only this prompt's
+    with client.listen() as ws:
+        pid = client.post_prompt(graph)
+        entry = client.wait(pid, timeout=timeout)
+        assert status_str(entry) == "success", describe_failure(entry)
+        ws.wait_for("execution_success", pid, timeout=30)  # the socket has delivered everything before it
+        progress = [d for d in ws.of_type("progress", pid) if d.get("node") == node]
+        previews = ws.previews()
+    return progress, previews
+
+
 def the_mp4(client: ComfyClient, entry: dict, dest: Path) -> Path:
     paths = [p for p in client.download_outputs(entry, dest) if p.suffix == ".mp4"]
     assert len(paths) == 1, f"expected one mp4, got {paths}"
@@ -127,8 +146,12 @@ def continue_input(comfy_server) -> Path:
     return path
 
 
-def test_object_info_lists_every_node_with_inputs_in_order(comfy):
+def test_object_info_lists_every_node_with_inputs_in_order(comfy_server, comfy):
     info = comfy.object_info()
+    pack_module = f"custom_nodes.{comfy_server.pack_name}"  # ComfyUI's python_module of a custom node pack
+    registered = {node_id for node_id, node in info.items() if node.get("python_module") == pack_module}
+    assert registered == PACK_NODES, (f"missing: {sorted(PACK_NODES - registered)}, "
+                                      f"unexpected: {sorted(registered - PACK_NODES)}")
     for node_id, (required, optional) in EXPECTED_INPUTS.items():
         assert node_id in info, f"{node_id} missing from /object_info"
         node = info[node_id]
@@ -136,7 +159,7 @@ def test_object_info_lists_every_node_with_inputs_in_order(comfy):
         assert node["input_order"].get("optional", []) == optional, node_id
         assert node["output"] == EXPECTED_OUTPUTS[node_id], node_id
         assert node["category"].startswith("StreamingT2V/"), node_id
-        assert "ComfyUI-StreamingT2V" in node["python_module"]
+        assert node["python_module"] == pack_module, node_id
     assert "tiny_streamingt2v.safetensors" in info["LoadStreamingT2V"]["input"]["required"]["ckpt_name"][1]["options"]
     # sidecar configs are not offered as checkpoints
     assert not any(o.endswith(".json") for o in info["LoadStreamingT2V"]["input"]["required"]["ckpt_name"][1]["options"])
@@ -155,6 +178,11 @@ def test_api_workflow_runs_to_an_mp4(comfy, continue_input, tmp_path, name):
     info = read_video_info(the_mp4(comfy, entry, tmp_path))
     assert (info.frames, info.width, info.height) == (EXPECTED_WORKFLOW_FRAMES[name], TINY_SIZE, TINY_SIZE)
     assert abs(info.fps - 8.0) < 1e-6
+    if name == "continue_video":  # the init node says in the UI how it resized the 96x80 input
+        (init,) = [k for k, v in graph.items() if v["class_type"] == "StreamingT2VInitFromFrames"]
+        expected = (f"{CONTINUE_INPUT_FRAMES} frames resized from 96x80 to {TINY_SIZE}x{TINY_SIZE} (center crop) "
+                    "to match the model")
+        assert entry["outputs"].get(init, {}).get("text") == [expected], entry["outputs"].get(init)
 
 
 # Workflows whose own test module runs them (other output size, slower stages).
@@ -208,6 +236,49 @@ def test_same_seed_same_frames_other_seed_other_frames(comfy, tmp_path):
     assert np.array_equal(runs["a"][:16], runs["b"][:16])  # the given frames are not touched
 
 
+def test_per_line_prompts_apply_chunk_by_chunk(comfy, tmp_path):
+    """Same seed and settings: with one prompt per line, "A\\nB" gives the single prompt "A"'s first chunk
+    (its 8 new frames) and other frames in the second chunk; "A\\nA" is "A" exactly."""
+    a, b = "a red fox running through deep snow", "a blue whale singing under the sea at night"
+
+    def frames(tag: str, prompt: str, per_line: bool) -> np.ndarray:
+        g = stream_graph(frames_to_add=16, seed=505, prefix=f"video/st2v_lines_{tag}", pngs=True, prompt=prompt,
+                         per_line_prompts=per_line)
+        return saved_frames(comfy, run_ok(comfy, g), tmp_path / tag)
+
+    single = frames("a", a, False)
+    story = frames("ab", f"{a}\n{b}", True)
+    repeated = frames("aa", f"{a}\n{a}", True)
+    assert single.shape == story.shape == repeated.shape == (16 + 2 * 8, TINY_SIZE, TINY_SIZE, 3)
+    assert np.array_equal(story[:24], single[:24])  # chunk 1 (frames 16..23) takes line 1
+    assert np.abs(story[24:].astype(int) - single[24:].astype(int)).mean() > 1  # chunk 2 takes line 2
+    assert np.array_equal(repeated, single)
+
+
+def test_anchor_from_any_image_of_another_size(comfy, tmp_path):
+    """AnchorFrameAPM on an image that is not a frame of the stream (another size and colour, e.g. a
+    character reference) runs, and the new frames differ from those with the default anchor (frame 0 of
+    the stream), while the node on frame 0 itself gives the default's frames exactly."""
+    def anchored(tag: str, image: dict | None) -> np.ndarray:
+        g = stream_graph(frames_to_add=8, seed=606, prefix=f"video/st2v_anchor_{tag}", pngs=True)
+        if image is not None:
+            g["7"] = image
+            g["8"] = {"class_type": "AnchorFrameAPM", "inputs": {"model": ["1", 0], "frames": ["7", 0], "index": 0}}
+            g["4"]["inputs"]["anchor"] = ["8", 0]
+        return saved_frames(comfy, run_ok(comfy, g), tmp_path / tag)
+
+    base = anchored("default", None)
+    frame0 = anchored("frame0", {"class_type": "EmptyImage", "inputs": {"width": TINY_SIZE, "height": TINY_SIZE,
+                                                                        "batch_size": 1, "color": 0x3366CC}})
+    other = anchored("image", {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 48, "batch_size": 1,
+                                                                      "color": 0xE0A020}})
+    assert base.shape == frame0.shape == other.shape == (24, TINY_SIZE, TINY_SIZE, 3)
+    assert np.array_equal(frame0, base)  # an explicit anchor is used the way the default one is
+    assert np.array_equal(base[:16], other[:16])  # the given frames are not touched
+    # the tiny model's APM is weak: about 1 grey level on average (measured 1.19); 0 if the anchor were ignored
+    assert np.abs(other[16:].astype(int) - base[16:].astype(int)).mean() > 0.25
+
+
 def test_second_identical_prompt_is_served_from_cache(comfy):
     client = ComfyClient(comfy.url)
     graph = stream_graph(frames_to_add=8, prefix="video/st2v_cache")
@@ -224,13 +295,7 @@ def test_second_identical_prompt_is_served_from_cache(comfy):
 
 
 def test_progress_messages_cover_every_step_of_every_chunk(comfy):
-    client = ComfyClient(comfy.url)
-    with client.listen() as ws:
-        pid = client.post_prompt(stream_graph(frames_to_add=16, steps=3, seed=101, prefix="video/st2v_progress"))
-        entry = client.wait(pid, timeout=600)
-        assert status_str(entry) == "success", describe_failure(entry)
-        ws.wait_for("execution_success", pid, timeout=30)
-        progress = [d for d in ws.of_type("progress", pid) if d.get("node") == "4"]
+    progress, _ = run_watched(comfy, stream_graph(frames_to_add=16, steps=3, seed=101, prefix="video/st2v_progress"), "4")
     assert progress, "no websocket progress messages from CAMExtendChunk"
     assert {d["max"] for d in progress} == {2 * 3}  # one bar over all steps of all chunks
     values = [d["value"] for d in progress]
@@ -255,33 +320,7 @@ def test_interrupt_during_a_chunk_then_the_next_prompt_runs(server_alive, comfy,
 
 def test_a_preview_image_of_each_finished_chunk(comfy):
     """Binary websocket frames: PREVIEW_IMAGE (type 1) = 4-byte event, 4-byte format (1 = JPEG), image."""
-    import io
-    import struct
-    import uuid
-
-    import websocket
-    from PIL import Image
-
-    client = ComfyClient(comfy.url, client_id=uuid.uuid4().hex)
-    ws = websocket.create_connection(comfy.url.replace("http://", "ws://") + "/ws?clientId=" + client.client_id,
-                                     timeout=300)
-    try:
-        pid = client.post_prompt(stream_graph(frames_to_add=24, seed=404, prefix="video/st2v_preview"))
-        previews = []
-        while True:
-            msg = ws.recv()
-            if isinstance(msg, bytes):
-                event, fmt = struct.unpack(">II", msg[:8])
-                if event == 1:
-                    previews.append((fmt, Image.open(io.BytesIO(msg[8:]))))
-                continue
-            data = json.loads(msg)
-            if data["type"] in ("execution_success", "execution_error", "execution_interrupted") \
-                    and data["data"].get("prompt_id") == pid:
-                assert data["type"] == "execution_success", data
-                break
-    finally:
-        ws.close()
+    _, previews = run_watched(comfy, stream_graph(frames_to_add=24, seed=404, prefix="video/st2v_preview"), "4")
     assert len(previews) == 3, "one preview per finished chunk"
     # ComfyUI scales previews to its --preview-size; the frame is square, so is the preview
     assert [(fmt, img.format, img.size[0] == img.size[1]) for fmt, img in previews] == [(1, "JPEG", True)] * 3

@@ -426,7 +426,8 @@ def test_out_of_memory_in_a_chunk_names_the_settings_and_the_next_prompt_runs(oo
     assert err["node_type"] == "CAMExtendChunk"
     assert err["exception_type"].endswith("OutOfMemoryError"), err["exception_type"]
     msg = err["exception_message"]
-    for words in ("out of memory", "fp16", "bf16", "frames_to_add", "64x64", "offload", "--lowvram", "unloaded"):
+    for words in ("out of memory", "fp16", "bf16", "frames_to_add", "64x64", "offload", "--lowvram", "unloaded",
+                  "memory 'low vram'"):
         assert words in msg, f"{words!r} not in: {msg}"
     log = oom_server.log_text()
     assert "Got an OOM, unloading all loaded models." in log  # ComfyUI's own OOM path ran: models offloaded

@@ -1,0 +1,53 @@
+"""The nodes' `memory` input in a real headless ComfyUI: "low vram" (parts offloaded between uses, feed-forwards
+in token chunks, one refiner chunk per UNet call) gives the same frames as "max speed", the node says which
+plan ran, and a bad mode is refused at validation. Which plan "auto" picks is decided by
+streamingt2v_core.memory.wants_low_memory (tests/unit/test_memory.py); on this CPU "auto" keeps everything."""
+from __future__ import annotations
+
+import numpy as np
+
+from comfy_client import ComfyClient
+from test_nodes_bad_input import rejected
+from test_nodes_refiner import images_graph
+from test_nodes_streaming import TINY_SIZE, run_ok, saved_frames, stream_graph
+
+
+def node_text(entry: dict, node: str) -> str:
+    return "\n".join(entry["outputs"][node]["text"])
+
+
+def test_object_info_offers_the_memory_modes(comfy):
+    info = comfy.object_info()
+    for node in ("CAMExtendChunk", "RandomizedBlendRefiner"):
+        assert info[node]["input_order"]["optional"][-1] == "memory", node
+        kind, spec = info[node]["input"]["optional"]["memory"]
+        assert (kind, spec["options"], spec["default"]) == ("COMBO", ["auto", "max speed", "low vram"], "auto"), node
+
+
+def test_stream_low_vram_gives_the_same_frames_and_says_so(comfy, tmp_path):
+    runs, texts = {}, {}
+    for mode in ("max speed", "low vram", "auto"):
+        g = stream_graph(frames_to_add=8, seed=707, prefix=f"video/st2v_mem_{mode[:3]}", pngs=True, memory=mode)
+        entry = run_ok(comfy, g)
+        runs[mode], texts[mode] = saved_frames(comfy, entry, tmp_path / mode[:3]), node_text(entry, "4")
+    assert runs["max speed"].shape == (24, TINY_SIZE, TINY_SIZE, 3)
+    assert np.array_equal(runs["max speed"], runs["low vram"])
+    assert np.array_equal(runs["max speed"], runs["auto"])
+    assert "memory: low vram (text/image encoders, resampler and VAE offloaded" in texts["low vram"]
+    assert "memory: all parts on the device" in texts["auto"]  # the CPU: nowhere to offload to
+    assert "frames_to_add 8 -> 1 chunk(s)" in texts["auto"]
+
+
+def test_refiner_low_vram_gives_the_same_frames(comfy, tmp_path):
+    runs = {}
+    for mode in ("max speed", "low vram"):
+        entry = run_ok(comfy, images_graph(16, prefix=f"video/st2v_rmem_{mode[:3]}", pngs=True, memory=mode))
+        runs[mode] = saved_frames(comfy, entry, tmp_path / mode[:3])
+    assert runs["max speed"].shape[0] == 16
+    assert np.array_equal(runs["max speed"], runs["low vram"])
+
+
+def test_unknown_memory_mode_is_refused_at_validation(comfy):
+    client = ComfyClient(comfy.url)
+    rejected(client, stream_graph(frames_to_add=8, memory="tiny"), "4", "memory", "low vram")  # CAMExtendChunk
+    rejected(client, images_graph(16, memory="tiny"), "3", "memory", "low vram")  # RandomizedBlendRefiner
