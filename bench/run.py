@@ -140,10 +140,11 @@ def row(results: dict, section: str, label: str, **values) -> None:
 
 # -- stage 2 ----------------------------------------------------------------------------------------
 
-def guided_step(model, scheduler, latents, t, context, cond_frames, steps, guidance, generator):
-    """One denoising step exactly as generate_chunk runs it (CFG rows batched)."""
+def guided_step(model, scheduler, latents, t, context, cond_embedding, steps, guidance, generator):
+    """One denoising step exactly as generate_chunk runs it (CFG rows batched, the CAM's frame features
+    computed once per chunk and passed in)."""
     x = latents.to(model.dtype)
-    eps = model.predict_noise(torch.cat([x, x]), t, context, cond_frames).float()
+    eps = model.predict_noise(torch.cat([x, x]), t, context, None, cond_embedding).float()
     eps_u, eps_c = eps.chunk(2)
     return scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents, steps, generator=generator)
 
@@ -155,10 +156,16 @@ def bench_step(model, device, args, results) -> None:
     t = sched.timesteps(50)[25]
     g = torch.Generator().manual_seed(0)
     latents = sample[:1].float()
-    step_s = timeit(lambda: guided_step(model, sched, latents, t, ehs, cond, 50, 7.5, g), device, args.repeat)
-    flops = count_flops(lambda: model.predict_noise(sample, t, ehs, cond))
+    emb = model.encode_cond_frames(cond)
+    step_s = timeit(lambda: guided_step(model, sched, latents, t, ehs, emb, 50, 7.5, g), device, args.repeat)
+    flops = count_flops(lambda: model.predict_noise(sample, t, ehs, None, emb))
     row(results, "step", f"tiny step (2x{cfg.chunk_frames} frames {cfg.height}x{cfg.width})", time_ms=step_s * 1e3,
         gflop=round(flops / 1e9, 2), achieved_gflops=round(flops / step_s / 1e9, 1))
+    # before the frame features were computed once per chunk: the CAM's frame encoder ran every step, both rows
+    old_s = timeit(lambda: guided_step(model, sched, latents, t, ehs, model.encode_cond_frames(cond), 50, 7.5, g),
+                   device, args.repeat)
+    row(results, "step", "tiny step, CAM frame encoder every step (before)", time_ms=old_s * 1e3,
+        gflop=round(count_flops(lambda: model.predict_noise(sample, t, ehs, cond)) / 1e9, 2))
     frames = torch.rand(16, 3, cfg.height, cfg.width, generator=torch.Generator().manual_seed(1))
     sc = StreamConditioning.build(model, "a benchmark", "", anchor=frames[0])
     chunk_s = timeit(lambda: generate_chunk(model, frames, sc, steps=args.steps, generator=torch.Generator().manual_seed(0)),
@@ -407,14 +414,18 @@ def real_flops(results) -> dict:
         img = torch.empty(1, 3, cfg.height, cfg.width, dtype=torch.bfloat16)
     text = cfg.text_tokens
     out = {}
-    out["cam"] = count_flops(lambda: model.unet(sample, t, ehs[:, :text], cond))
+    out["cam_frame_encoder"] = count_flops(lambda: model.unet.encode_cond(cond))
+    out["cam"] = count_flops(lambda: model.unet(sample, t, ehs[:, :text], cond)) - out["cam_frame_encoder"]
     skips, mid = model.unet(sample, t, ehs[:, :text], cond)
     out["base"] = count_flops(lambda: model.base_model(sample, t, ehs, skips, mid))
     out["vae_frame"] = count_flops(lambda: model.vae.decode(z))
     out["apm"] = count_flops(lambda: model.resampler(model.image_encoder(img)[:, None]))
     n = {name: sum(p.numel() for p in getattr(model, name).parameters())
          for name in ("base_model", "unet", "image_encoder", "resampler", "text_encoder", "vae")}
-    for name, label in (("cam", "CAM, 2 rows x 8 frames"), ("base", "base UNet, 2 rows x 16 frames")):
+    row(results, "flops", "CAM frame encoder, 2 rows x 8 frames (once per chunk now, was every step)",
+        tflop=out["cam_frame_encoder"] / 1e12)
+    for name, label in (("cam", "CAM without its frame encoder, 2 rows x 8 frames"),
+                        ("base", "base UNet, 2 rows x 16 frames")):
         row(results, "flops", label, tflop=out[name] / 1e12)
     row(results, "flops", "= UNet FLOPs per step (CFG)", tflop=(out["cam"] + out["base"]) / 1e12)
     row(results, "flops", "VAE decode, per frame", tflop=out["vae_frame"] / 1e12)
@@ -448,15 +459,17 @@ def bench_real(device, args, results, flops) -> None:
     g = torch.Generator().manual_seed(0)
     lat = sample[:1].float()
     reset_accel_peak(device)
-    step = timeit(lambda: guided_step(model, sched, lat, sched.timesteps(50)[25], ehs, cond, 50, 7.5, g), device,
+    emb = model.encode_cond_frames(cond)
+    step = timeit(lambda: guided_step(model, sched, lat, sched.timesteps(50)[25], ehs, emb, 50, 7.5, g), device,
                   args.repeat)
     row(results, "real", f"step (CFG, 2x16 frames 256x256, {dtype})", time_ms=step * 1e3,
         accel_peak_mib=accel_peak(device) / MiB, achieved_tflops=round(unet_flops / step / 1e12, 1),
         fraction_of_peak=round(unet_flops / step / 1e12 / args.peak_tflops, 3))
-    cam = timeit(lambda: model.unet(sample, t, ehs[:, :77], cond), device, args.repeat)
-    skips, mid = model.unet(sample, t, ehs[:, :77], cond)
+    cam = timeit(lambda: model.unet(sample, t, ehs[:, :77], None, emb), device, args.repeat)
+    skips, mid = model.unet(sample, t, ehs[:, :77], None, emb)
     base = timeit(lambda: model.base_model(sample, t, ehs, skips, mid), device, args.repeat)
-    row(results, "real", "CAM", time_ms=cam * 1e3, fraction_of_peak=round(flops["cam"] / cam / 1e12 / args.peak_tflops, 3))
+    row(results, "real", "CAM (frame features given)", time_ms=cam * 1e3,
+        fraction_of_peak=round(flops["cam"] / cam / 1e12 / args.peak_tflops, 3))
     row(results, "real", "base UNet", time_ms=base * 1e3,
         fraction_of_peak=round(flops["base"] / base / 1e12 / args.peak_tflops, 3))
     z = sample[:1].float()

@@ -48,15 +48,24 @@ class CAM(nn.Module):
         self.controlnet_cond_embedding = ConditioningFrameEncoder(cond_channels, unet_config["block_out_channels"][0])
         use_sdpa(self)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, cond_frames: torch.Tensor):
-        """sample: (B, C, F, h, w) noisy latents (only the first Fc frames are read); text: (B, 77, D);
-        cond_frames: (B, Fc, 3, H, W) pixels in [-1, 1]. Returns (12 skip features, mid feature), each
-        (B*Fc, C, h', w')."""
+    def encode_cond(self, cond_frames: torch.Tensor) -> torch.Tensor:
+        """(B, Fc, 3, H, W) pixels in [-1, 1] -> (B*Fc, C0, h, w). Depends on the frames alone, not on the
+        step or the guidance row: a chunk needs it once (streaming.generate_chunk), not once per step and row."""
         b, fc = cond_frames.shape[:2]
+        return self.controlnet_cond_embedding(cond_frames.reshape(b * fc, *cond_frames.shape[2:]).to(self.conv_in.weight.dtype))
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, cond_frames: torch.Tensor,
+                cond_embedding: torch.Tensor | None = None):
+        """sample: (B, C, F, h, w) noisy latents (only the first Fc frames are read); text: (B, 77, D);
+        cond_frames: (B, Fc, 3, H, W) pixels in [-1, 1], or `cond_embedding` = encode_cond(cond_frames) given
+        instead (then cond_frames may be None). Returns (12 skip features, mid feature), each (B*Fc, C, h', w')."""
+        cond = self.encode_cond(cond_frames) if cond_embedding is None else cond_embedding
+        b = sample.shape[0]
+        fc = cond.shape[0] // b
         x = sample[:, :, :fc]
         h, w = x.shape[-2:]
         x = x.permute(0, 2, 1, 3, 4).reshape(b * fc, -1, h, w)
         emb = time_embedding(self, timestep, b, fc, self.conv_in.weight.dtype)
-        cond = self.controlnet_cond_embedding(cond_frames.reshape(b * fc, *cond_frames.shape[2:]).to(x.dtype))
+        cond = cond.to(x.dtype)
         mid, skips = unet_encoder_forward(self, x, emb, text, fc, after_transformer_in=lambda s: s + cond)
         return skips, mid

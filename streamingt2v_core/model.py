@@ -69,14 +69,22 @@ class StreamingT2V(nn.Module):
 
     # -- denoiser -------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_noise(self, sample, timestep, encoder_hidden_states, cond_frames) -> torch.Tensor:
+    def encode_cond_frames(self, cond_frames: torch.Tensor) -> torch.Tensor:
+        """The CAM's conditioning-frame features of (B, 8, 3, H, W) pixels in [-1, 1], for `predict_noise`'s
+        `cond_embedding`: the same for every step and guidance row of a chunk."""
+        return self.unet.encode_cond(cond_frames.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def predict_noise(self, sample, timestep, encoder_hidden_states, cond_frames, cond_embedding=None) -> torch.Tensor:
         """One denoiser call without guidance. sample (B, 4, F, h, w); timestep 0-d (or (B,));
-        encoder_hidden_states (B, 77 + 16, D) text then APM tokens; cond_frames (B, 8, 3, H, W) in [-1, 1]."""
+        encoder_hidden_states (B, 77 + 16, D) text then APM tokens; cond_frames (B, 8, 3, H, W) in [-1, 1], or
+        `cond_embedding` (B*8, C, h, w) from `encode_cond_frames` (then cond_frames is not read)."""
         dev, dt = self.device, self.dtype
         sample = sample.to(dev, dt)
         timestep = torch.as_tensor(timestep, device=dev)
         ehs = encoder_hidden_states.to(dev, dt)
-        cam_skips, cam_mid = self.unet(sample, timestep, ehs[:, : self.config.text_tokens], cond_frames.to(dev, dt))
+        cond = None if cond_frames is None else cond_frames.to(dev, dt)
+        cam_skips, cam_mid = self.unet(sample, timestep, ehs[:, : self.config.text_tokens], cond, cond_embedding)
         return self.base_model(sample, timestep, ehs, cam_skips, cam_mid)
 
     @torch.no_grad()

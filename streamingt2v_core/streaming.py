@@ -67,10 +67,12 @@ def generate_chunk(model, prev_frames: torch.Tensor, cond: StreamConditioning, s
     scheduler = scheduler or make_scheduler(model)
     device, dtype = model.device, model.dtype
     cond_frames = (prev_frames[-n_cond:] * 2 - 1)[None].to(device, dtype)
+    # the CAM's frame encoder sees the same frames at every step and in both rows: once per chunk
+    cond_embedding = model.encode_cond_frames(cond_frames)
     guided = guidance != 1.0
     context = cond.context.to(device, dtype)
     if guided:
-        cond_frames = cond_frames.expand(2, *cond_frames.shape[1:])
+        cond_embedding = cond_embedding.repeat(2, 1, 1, 1)  # rows are batch-major: (row, frame)
     else:  # guidance 1 is the conditional prediction alone: skip the unconditional row
         context = context[1:]
 
@@ -81,7 +83,7 @@ def generate_chunk(model, prev_frames: torch.Tensor, cond: StreamConditioning, s
     for i, t in enumerate(timesteps):
         x = latents.to(dtype)
         x = torch.cat([x, x]) if guided else x
-        eps = model.predict_noise(x, t, context, cond_frames).float()
+        eps = model.predict_noise(x, t, context, None, cond_embedding).float()
         if guided:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + guidance * (eps_c - eps_u)

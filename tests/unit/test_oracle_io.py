@@ -65,3 +65,13 @@ def test_apm_mixing_is_active(tiny_model, ref_io):
     a = tiny_model.predict_noise(sample[1:], t, ehs[1:], cond[1:])
     b = tiny_model.predict_noise(sample[1:], t, other[1:], cond[1:])
     assert maxabs(a, b) > 1e-3
+
+
+def test_cond_frame_features_given_once_equal_the_official_call(tiny_model, ref_io):
+    """The CAM's frame features computed once (what generate_chunk passes every step) give the oracle's
+    prediction, and for both guidance rows from the features of one row."""
+    sample, t, ehs, cond = _inputs(ref_io)
+    emb = tiny_model.encode_cond_frames(cond[:1]).repeat(2, 1, 1, 1)
+    eps = tiny_model.predict_noise(sample, t, ehs, None, emb)
+    assert maxabs(eps, tiny_model.predict_noise(sample, t, ehs, cond)) <= 1e-6
+    assert maxabs(eps, ref_io["out/noise_pred"]) <= TOL

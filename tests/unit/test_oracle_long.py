@@ -43,3 +43,17 @@ def test_seed_changes_the_stream(tiny_model, ref_long):
     c = extend_video(tiny_model, chunk0, 1, "a tiny oracle prompt", steps=2, seed=2)[0]
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-3
+
+
+def test_cam_frame_encoder_runs_once_per_chunk(tiny_model, ref_long):
+    """The conditioning frames are the same at every step and in both guidance rows: one encoder call per
+    chunk (it ran 2 x steps times per chunk before), the frames unchanged."""
+    calls = []
+    hook = tiny_model.unet.controlnet_cond_embedding.register_forward_hook(lambda _m, a, _o: calls.append(a[0].shape[0]))
+    try:
+        new = extend_video(tiny_model, ref_long["chunk0/frames"], 2, "a tiny oracle prompt", steps=4, seed=33)
+    finally:
+        hook.remove()
+    assert calls == [8, 8]  # one call of the 8 conditioning frames per chunk
+    video = torch.cat([ref_long["chunk0/frames"]] + new)
+    assert ((video * 255).to(torch.uint8).float() / 255 - ref_long["out/video"]).abs().max() <= 1 / 255 + 1e-6
