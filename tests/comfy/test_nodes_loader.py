@@ -57,3 +57,18 @@ def test_every_layout_gives_the_same_frames(comfy, other_layouts, tmp_path):
     for tag in ("ckpt", "folder"):
         d = np.abs(frames[tag].astype(int) - frames["flat"].astype(int))
         assert d.max() <= 1, (tag, d.max(), d.mean(), (d > 0).mean())
+
+
+def test_reduced_precision_dtypes_run_and_stay_close(comfy, tmp_path):
+    """The loader's dtype choice reaches the model: bf16 and fp16 runs succeed and give frames close to fp32
+    but not identical (an ignored choice would give fp32's frames exactly)."""
+    client = ComfyClient(comfy.url)
+    frames = {}
+    for dtype in ("fp32", "bf16", "fp16"):
+        g = stream_graph(frames_to_add=8, seed=515, prefix=f"video/st2v_dtype_{dtype}", pngs=True)
+        g["1"]["inputs"]["dtype"] = dtype
+        frames[dtype] = saved_frames(client, run_ok(client, g), tmp_path / dtype).astype(int)
+    for dtype in ("bf16", "fp16"):
+        d = np.abs(frames[dtype][16:] - frames["fp32"][16:])
+        assert d.max() > 0, dtype  # the weights really are in another dtype
+        assert d.mean() < 8, (dtype, d.mean())  # 8-bit levels: the same video up to rounding
