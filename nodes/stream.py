@@ -241,7 +241,9 @@ class CAMExtendChunk(io.ComfyNode):
 
 
 def _memory_estimate(cfg, stream: StreamState) -> int:
-    """Activation memory for one guided chunk, scaled from about 3 GB for the official 256x256 model."""
+    """Activation memory for one guided chunk, scaled from 3 GB for the official 256x256 model: above the
+    peaks counted on the meta device (bench/README.md: a step 0.7 GiB with fused attention, 1.7 GiB with the
+    math kernel; decoding 8 frames 0.75 GiB), so `auto` offloads on 8 GB cards, where the margin is thin."""
     pixels = stream.height * stream.width * cfg.chunk_frames
     widest = max(cfg.unet["block_out_channels"])
     return int(3 * 1024 ** 3 * pixels / (256 * 256 * 16) * widest / 1280)
