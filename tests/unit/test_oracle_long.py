@@ -57,3 +57,27 @@ def test_cam_frame_encoder_runs_once_per_chunk(tiny_model, ref_long):
     assert calls == [8, 8]  # one call of the 8 conditioning frames per chunk
     video = torch.cat([ref_long["chunk0/frames"]] + new)
     assert ((video * 255).to(torch.uint8).float() / 255 - ref_long["out/video"]).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_memory_is_flat_in_the_number_of_chunks(tiny_model, ref_long):
+    """What a stream holds after each chunk is its new frames alone (8 frames, float32, on the host), and the
+    working set of a chunk is the same for the 1st and the 6th: nothing of earlier chunks (latents, decoded
+    16-frame chunks, CAM features) stays alive. Counted exactly with LiveTensorBytes."""
+    from streamingt2v_core.memory import LiveTensorBytes
+
+    chunk0 = ref_long["chunk0/frames"]
+    frame_bytes = chunk0[0].numel() * 4
+    lives, peaks = [], []
+
+    def on_chunk(_c, fresh):
+        assert fresh.device.type == "cpu" and fresh.dtype == torch.float32 and fresh.shape[0] == 8
+        lives.append(tracker.live)
+        peaks.append(tracker.peak)
+        tracker.peak = tracker.live  # the next chunk's own high-water mark
+
+    with LiveTensorBytes() as tracker:
+        extend_video(tiny_model, chunk0, 6, "a tiny oracle prompt", steps=1, guidance=1.0, seed=3, on_chunk=on_chunk)
+    kept = [b - a for a, b in zip(lives, lives[1:])]
+    assert all(k == 8 * frame_bytes for k in kept), (kept, 8 * frame_bytes)  # + the 8 new frames, nothing else
+    working = [p - live for p, live in zip(peaks[1:], lives[:-1])]  # each chunk's peak above what it started with
+    assert max(working) == min(working), working
