@@ -636,11 +636,12 @@ def refiner_estimate(results, latent_copies: float) -> dict | None:
                 wts["unet_fp16"] + wts["text_fp16"] + wts["vae_fp16"] + act["unet_chunk_cfg_batched"] + lat,
             "chunk_batch=1 + feed-forward chunks + offload text/VAE":
                 wts["unet_fp16"] + lat + max(act["unet_chunk_cfg_batched_ff_chunks"], side),
-            "node memory 'low vram': chunk_batch=1 + feed-forward chunks + text offloaded, VAE resident fp32":
+            "node memory 'low vram': chunk_batch=1, one CFG row per call, feed-forward chunks, text offloaded, "
+            "VAE resident fp32":
                 wts["unet_fp16"] + wts["vae_fp32"] + lat
-                + max(act["unet_chunk_cfg_batched_ff_chunks"], act["vae_decode_1_frames_fp32"],
+                + max(act["unet_chunk_one_row_ff_chunks"], act["vae_decode_1_frames_fp32"],
                       act["vae_encode_1_frames_fp32"], act["text"] + wts["text_fp32"]),
-            "same + one CFG row per call (refiner change)":
+            "same + one CFG row per call":
                 wts["unet_fp16"] + lat + max(act["unet_chunk_one_row_ff_chunks"], side),
             "same + fp8 UNet":
                 wts["unet_fp8"] + lat + max(act["unet_chunk_one_row_ff_chunks"], side),

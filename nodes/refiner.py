@@ -12,7 +12,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..streamingt2v_core.memory import MEMORY_MODES, low_memory, wants_low_memory
+from ..streamingt2v_core.memory import FEED_FORWARD_CHUNK, MEMORY_MODES, low_memory, wants_low_memory
 from .errors import advise_out_of_memory
 from .loader import DTYPES, PatchedModel, _missing_message, resolve_dtype
 from .stream import SEED_MAX, preview
@@ -146,9 +146,10 @@ class RandomizedBlendRefiner(io.ComfyNode):
                                        "square input). padded canvas: the official 1280x720 frame with its bars."),
                 io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto", optional=True,
                                tooltip="auto: as many chunks per UNet call as fit, else low vram. max speed: as "
-                                       "many chunks per call as fit. low vram: one chunk per call, feed-forwards "
-                                       "in token chunks, the text encoder visits the device only to encode the "
-                                       "prompt (same frames; at 1280x720 about 10 GB instead of 18 GB)."),
+                                       "many chunks per call as fit. low vram: one chunk and one guidance row per "
+                                       "call, feed-forwards in token chunks, the text encoder visits the device "
+                                       "only to encode the prompt (same frames; at 1280x720 about 7.5 GB instead "
+                                       "of 18 GB)."),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )
@@ -192,11 +193,15 @@ class RandomizedBlendRefiner(io.ComfyNode):
             rows = 1 if float(guidance) == 1.0 else 2
             clen = min(int(chunk), int(images.shape[0]))
             per_chunk = int(1.15 * chunk_activation_bytes(refiner.module, clen, rows))
-            rf = refiner.on_device(memory_required=per_chunk)
+            if memory == "low vram":  # what the low plan needs: one row per call, feed-forwards in chunks
+                need = int(1.15 * chunk_activation_bytes(refiner.module, clen, 1, FEED_FORWARD_CHUNK))
+            else:
+                need = per_chunk
+            rf = refiner.on_device(memory_required=need)
             accelerator = not mm.is_device_cpu(rf.device)
             free = mm.get_free_memory(rf.device)
             low = wants_low_memory(memory, accelerator, free, per_chunk)
-            if low:
+            if low:  # one chunk and one guidance row per UNet call
                 chunk_batch = 1
                 parts = [p for p in ("text_encoder",) if isinstance(getattr(rf, p, None), torch.nn.Module)]
                 plan = low_memory(rf, rf.device, parts, offload_device=mm.unet_offload_device())
@@ -211,7 +216,8 @@ class RandomizedBlendRefiner(io.ComfyNode):
                 out = refine_video(rf, images[..., :3].float(), prompt, negative_prompt,
                                    strength_step=int(strength_step), steps=int(steps), guidance=float(guidance),
                                    rescale=float(rescale), chunk=int(chunk), overlap=int(overlap), seed=int(seed),
-                                   crop=output == OUTPUT_CHOICES[0], chunk_batch=chunk_batch, callback=on_step)
+                                   crop=output == OUTPUT_CHOICES[0], chunk_batch=chunk_batch, callback=on_step,
+                                   rows_together=not low)
         except BaseException as exc:  # interrupt, OOM, anything: free the accelerator, then let ComfyUI report it
             mm.soft_empty_cache()
             settings = {"frames": int(images.shape[0]), "chunk": int(chunk), "dtype": str(refiner.module.dtype)}

@@ -32,7 +32,8 @@ def _offsets_table(offsets, steps: int, overlaps: list[int]) -> torch.Tensor | N
     return table
 
 
-def _chunk_x0(refiner, x_in, t, starts, clen, context, negative_context, guidance, rescale, chunk_batch):
+def _chunk_x0(refiner, x_in, t, starts, clen, context, negative_context, guidance, rescale, chunk_batch,
+              rows_together=True):
     chunks = split_chunks(x_in, starts, clen)  # (K*B, C, clen, h, w)
     b = x_in.shape[0]
     per = len(starts) if not chunk_batch else max(1, int(chunk_batch))
@@ -41,19 +42,22 @@ def _chunk_x0(refiner, x_in, t, starts, clen, context, negative_context, guidanc
     for i in range(0, len(starts), per):
         part = chunks[i * b:(i + per) * b]
         k = part.shape[0] // b
-        outs.append(refiner.predict_x0(part, t, ctx.repeat(k, 1, 1), neg.repeat(k, 1, 1), guidance, rescale))
+        # rows_together only when it departs from the default: predict_x0's fixed signature has no such argument
+        extra = {} if rows_together else {"rows_together": False}
+        outs.append(refiner.predict_x0(part, t, ctx.repeat(k, 1, 1), neg.repeat(k, 1, 1), guidance, rescale, **extra))
     return torch.cat(outs)
 
 
 @torch.no_grad()
 def refine_latents(refiner, noised, context, negative_context, chunk=24, overlap=8, steps=30, t_start=599,
                    offsets=None, brownian_noise=None, seed=0, guidance=7.5, rescale=0.2, chunk_batch=None,
-                   callback: StepCallback | None = None) -> torch.Tensor:
+                   callback: StepCallback | None = None, rows_together: bool = True) -> torch.Tensor:
     """Denoise the whole-video latent `noised` (B, 4, F, h, w), already noised (VP) to t_start; returns x0.
 
     offsets (steps x boundaries int) and brownian_noise (steps - 1 normalised increments) replace the random
     draws when given. Otherwise offsets come from torch.Generator().manual_seed(seed) and the Brownian tree
-    from entropy `seed` (seed 0 is the official tree). chunk_batch caps how many chunks run per UNet call.
+    from entropy `seed` (seed 0 is the official tree). chunk_batch caps how many chunks run per UNet call;
+    rows_together=False runs the two guidance rows as two calls (half the UNet activations).
     """
     if noised.ndim != 5:
         raise ValueError(f"noised must be (B, 4, F, h, w), got {tuple(noised.shape)}")
@@ -70,7 +74,8 @@ def refine_latents(refiner, noised, context, negative_context, chunk=24, overlap
     context, negative_context = context.to(device), negative_context.to(device)
 
     def blended(x_in: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
-        x0 = _chunk_x0(refiner, x_in, t, starts, clen, context, negative_context, guidance, rescale, chunk_batch)
+        x0 = _chunk_x0(refiner, x_in, t, starts, clen, context, negative_context, guidance, rescale, chunk_batch,
+                       rows_together)
         cut = table[i] if table is not None else draw_offsets(overlaps, gen)
         out = stitch_x0(x0, starts, clen, frames, cut)
         if callback is not None:
@@ -184,7 +189,7 @@ def refine_video(refiner, images: torch.Tensor, prompt: str, negative_prompt: st
                  steps: int = 30, guidance: float = 7.5, rescale: float = 0.2, chunk: int = 24, overlap: int = 8,
                  seed: int = 0, crop: bool = True, canvas: tuple[int, int] | None = None, slice_size: int = 1,
                  chunk_batch: int | None = None, callback: StepCallback | None = None,
-                 offsets=None, brownian_noise=None) -> torch.Tensor:
+                 offsets=None, brownian_noise=None, rows_together: bool = True) -> torch.Tensor:
     """IMAGE (T, H, W, 3) in [0, 1] -> refined IMAGE, cropped to the content unless crop=False.
 
     strength_step: SDEdit start as a step of the 1000 (official 600, i.e. t = 599).
@@ -219,5 +224,5 @@ def refine_video(refiner, images: torch.Tensor, prompt: str, negative_prompt: st
     out = refine_latents(refiner, noised, context, negative_context, chunk=chunk, overlap=overlap, steps=steps,
                          t_start=strength_step - 1, offsets=offsets, brownian_noise=brownian_noise,
                          seed=int(seed), guidance=guidance, rescale=rescale, chunk_batch=chunk_batch,
-                         callback=callback)
+                         callback=callback, rows_together=rows_together)
     return decode_latents(refiner.vae, out, refiner.latent_scale, slice_size, images.device, box if crop else None)

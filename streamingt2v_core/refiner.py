@@ -440,8 +440,9 @@ def build_autoencoder(state: Mapping[str, torch.Tensor], where="autoencoder weig
 # --------------------------------------------------------------------------------------------------
 # Refiner models
 
-def _guided(unet, x_t, t, context, negative_context, guidance, rescale, dtype):
-    """One denoiser call of a chunk batch: CFG as one batch of positive and negative rows, then rescale.
+def _guided(unet, x_t, t, context, negative_context, guidance, rescale, dtype, rows_together=True):
+    """One denoiser call of a chunk batch: CFG as one batch of positive and negative rows (or, with
+    `rows_together=False`, one call per row: half the activations), then rescale.
 
     Returns (y_out, u_out, out) in float32; out is the guided and rescaled prediction (official diff:70-83).
     """
@@ -451,9 +452,14 @@ def _guided(unet, x_t, t, context, negative_context, guidance, rescale, dtype):
         y = unet(x_t.to(dtype), t.expand(b).to(x_t.device), encoder_hidden_states=ctx.to(dtype), return_dict=False)[0].float()
         return y, y, y
     neg = negative_context.expand(b, -1, -1) if negative_context.shape[0] == 1 else negative_context
-    both = unet(torch.cat([x_t, x_t]).to(dtype), t.expand(2 * b).to(x_t.device),
-                encoder_hidden_states=torch.cat([ctx, neg]).to(dtype), return_dict=False)[0].float()
-    y_out, u_out = both[:b], both[b:]
+    if rows_together:
+        both = unet(torch.cat([x_t, x_t]).to(dtype), t.expand(2 * b).to(x_t.device),
+                    encoder_hidden_states=torch.cat([ctx, neg]).to(dtype), return_dict=False)[0].float()
+        y_out, u_out = both[:b], both[b:]
+    else:
+        tt, x = t.expand(b).to(x_t.device), x_t.to(dtype)
+        y_out = unet(x, tt, encoder_hidden_states=ctx.to(dtype), return_dict=False)[0].float()
+        u_out = unet(x, tt, encoder_hidden_states=neg.to(dtype), return_dict=False)[0].float()
     out = u_out + guidance * (y_out - u_out)
     if rescale:
         dims = tuple(range(1, out.ndim))
@@ -474,11 +480,11 @@ class SDEditRefiner(nn.Module):
     def alpha_sigma(self, t) -> tuple[float, float]:
         raise NotImplementedError
 
-    def denoise(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2) -> dict:
+    def denoise(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2, rows_together=True) -> dict:
         """Official `denoise` for a batch of chunks: y_out, u_out, the guided `out`, and x0 at the integer t."""
         t = torch.as_tensor(t).long().reshape(-1)[:1]
         y_out, u_out, out = _guided(self.unet, x_t, t, context.to(x_t.device), negative_context.to(x_t.device),
-                                    guidance, rescale, self.dtype)
+                                    guidance, rescale, self.dtype, rows_together)
         a, s = self.alpha_sigma(t)
         x = x_t.float()
         if self.prediction_type == "v_prediction":
@@ -490,9 +496,10 @@ class SDEditRefiner(nn.Module):
         return {"y_out": y_out, "u_out": u_out, "out": out, "x0": x0}
 
     @torch.no_grad()
-    def predict_x0(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2) -> torch.Tensor:
-        """x0 of one chunk (or a batch of chunks): x_t (B, 4, F, h, w) as the UNet sees it, t an integer tensor."""
-        return self.denoise(x_t, t, context, negative_context, guidance, rescale)["x0"]
+    def predict_x0(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2, rows_together=True) -> torch.Tensor:
+        """x0 of one chunk (or a batch of chunks): x_t (B, 4, F, h, w) as the UNet sees it, t an integer tensor.
+        rows_together=False runs the guidance rows one UNet call each (half the activation memory)."""
+        return self.denoise(x_t, t, context, negative_context, guidance, rescale, rows_together)["x0"]
 
     @property
     def latent_factor(self) -> int:

@@ -1,6 +1,6 @@
 """The nodes' `memory` input in a real headless ComfyUI: "low vram" (parts offloaded between uses, feed-forwards
-in token chunks, one refiner chunk per UNet call) gives the same frames as "max speed", the node says which
-plan ran, and a bad mode is refused at validation. Which plan "auto" picks is decided by
+in token chunks, one refiner chunk and guidance row per UNet call) gives the same frames as "max speed" (stage
+2 bit for bit, the refiner to float rounding), the node says which plan ran, and a bad mode is refused at validation. Which plan "auto" picks is decided by
 streamingt2v_core.memory.wants_low_memory (tests/unit/test_memory.py); on this CPU "auto" keeps everything."""
 from __future__ import annotations
 
@@ -44,7 +44,10 @@ def test_refiner_low_vram_gives_the_same_frames(comfy, tmp_path):
         entry = run_ok(comfy, images_graph(16, prefix=f"video/st2v_rmem_{mode[:3]}", pngs=True, memory=mode))
         runs[mode] = saved_frames(comfy, entry, tmp_path / mode[:3])
     assert runs["max speed"].shape[0] == 16
-    assert np.array_equal(runs["max speed"], runs["low vram"])
+    # low vram runs the two guidance rows as two UNet calls: the same numbers up to float rounding, which
+    # may move a pixel across an 8-bit level
+    d = np.abs(runs["max speed"].astype(int) - runs["low vram"].astype(int))
+    assert d.max() <= 1 and d.mean() < 0.01, (d.max(), d.mean())
 
 
 def test_unknown_memory_mode_is_refused_at_validation(comfy):

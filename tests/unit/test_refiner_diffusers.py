@@ -169,3 +169,27 @@ def test_diffusers_folder_misshaped_tensor_names_file_key_shapes_and_fix(tmp_pat
     assert msg.startswith(f"{path}: 1 tensor(s) have the wrong shape"), msg
     assert f"{key}: expected {expected}, found {list(shape)}" in msg
     assert "Fix: " in msg and "config.json" in msg
+
+
+def test_guidance_rows_one_call_each_equal_the_batched_rows():
+    """rows_together=False (the refiner node's low-vram plan) runs the positive and negative rows as two UNet
+    calls: the same x0 and the same refined latent as one call of both rows, with half the rows per call."""
+    refiner = DiffusersT2VRefiner(tiny_unet(), ddim("v_prediction"))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 6, 8, 8, generator=g)
+    ctx, neg = torch.randn(1, 77, 32, generator=g), torch.randn(1, 77, 32, generator=g)
+    rows = []
+    hook = refiner.unet.register_forward_pre_hook(lambda _m, a: rows.append(a[0].shape[0]))
+    try:
+        together = refiner.predict_x0(x, torch.tensor([500]), ctx, neg, 7.5, 0.2)
+        assert rows == [4]
+        apart = refiner.predict_x0(x, torch.tensor([500]), ctx, neg, 7.5, 0.2, rows_together=False)
+        assert rows == [4, 2, 2]
+    finally:
+        hook.remove()
+    torch.testing.assert_close(apart, together, rtol=0, atol=1e-5)
+    assert (together - refiner.predict_x0(x, torch.tensor([500]), ctx, neg, 3.0, 0.2)).abs().max() > 1e-3
+    noised = torch.randn(1, 4, 40, 8, 8, generator=g)
+    a = refine_latents(refiner, noised, ctx, neg, chunk=16, overlap=4, steps=2, seed=1)
+    b = refine_latents(refiner, noised, ctx, neg, chunk=16, overlap=4, steps=2, seed=1, rows_together=False)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
