@@ -12,7 +12,8 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..streamingt2v_core.memory import FEED_FORWARD_CHUNK, MEMORY_MODES, low_memory, wants_low_memory
+from ..streamingt2v_core.memory import (FEED_FORWARD_CHUNK, MEMORY_MODES, low_memory, memory_mode_problem,
+                                        wants_low_memory)
 from .errors import advise_out_of_memory
 from .loader import DTYPES, PatchedModel, _missing_message, resolve_dtype
 from .stream import SEED_MAX, preview
@@ -160,8 +161,8 @@ class RandomizedBlendRefiner(io.ComfyNode):
         errors = _chunking_errors(int(chunk), int(overlap), int(steps), int(strength_step))
         if output not in OUTPUT_CHOICES:
             errors.append(f"output: '{output}' is not one of {OUTPUT_CHOICES}")
-        if memory not in MEMORY_MODES:
-            errors.append(f"memory: '{memory}' is not one of {list(MEMORY_MODES)}")
+        if memory_mode_problem(memory):
+            errors.append(memory_mode_problem(memory))
         return "; ".join(errors) if errors else True
 
     @classmethod
@@ -189,15 +190,14 @@ class RandomizedBlendRefiner(io.ComfyNode):
 
         try:
             # activations of one chunk per UNet call, counted on a meta copy of the UNet at this canvas, plus
-            # 15% for what the count leaves out (allocator rounding, kernel workspaces)
-            rows = 1 if float(guidance) == 1.0 else 2
+            # 15% for what the count leaves out (allocator rounding, kernel workspaces): for "low vram" what
+            # its plan needs (one row per call, feed-forwards in chunks), else what the fast plan needs
             clen = min(int(chunk), int(images.shape[0]))
-            per_chunk = int(1.15 * chunk_activation_bytes(refiner.module, clen, rows))
-            if memory == "low vram":  # what the low plan needs: one row per call, feed-forwards in chunks
-                need = int(1.15 * chunk_activation_bytes(refiner.module, clen, 1, FEED_FORWARD_CHUNK))
+            if memory == "low vram":
+                per_chunk = int(1.15 * chunk_activation_bytes(refiner.module, clen, 1, FEED_FORWARD_CHUNK))
             else:
-                need = per_chunk
-            rf = refiner.on_device(memory_required=need)
+                per_chunk = int(1.15 * chunk_activation_bytes(refiner.module, clen, 1 if float(guidance) == 1.0 else 2))
+            rf = refiner.on_device(memory_required=per_chunk)
             accelerator = not mm.is_device_cpu(rf.device)
             free = mm.get_free_memory(rf.device)
             low = wants_low_memory(memory, accelerator, free, per_chunk)

@@ -12,7 +12,7 @@ from comfy_api.latest import io, ui
 from PIL import Image
 
 from ..streamingt2v_core.memory import (FEED_FORWARD_CHUNK, MEMORY_MODES, OFFLOAD_PARTS, low_memory,
-                                        wants_low_memory)
+                                        memory_mode_problem, wants_low_memory)
 from .errors import oom_advice, simulate_oom_for_tests
 from .loader import DTYPE_NAMES
 from .types import (CHUNK_NEW_FRAMES, APMAnchor, Anchor, Stream, StreamingT2VModel, StreamState, frames_to_image,
@@ -145,8 +145,8 @@ class CAMExtendChunk(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, frames_to_add=64, prompt="", per_line_prompts=False, memory="auto"):
         # Linked inputs arrive as None here; execute checks them again.
-        if memory is not None and memory not in MEMORY_MODES:
-            return f"memory: '{memory}' is not one of {list(MEMORY_MODES)}"
+        if memory is not None and memory_mode_problem(memory):
+            return memory_mode_problem(memory)
         if frames_to_add is not None and not 1 <= frames_to_add <= MAX_FRAMES_TO_ADD:
             return (f"frames_to_add: {frames_to_add} frames cannot be added; give 1 to {MAX_FRAMES_TO_ADD} "
                     f"(rounded up to whole chunks of {CHUNK_NEW_FRAMES})")
@@ -156,7 +156,8 @@ class CAMExtendChunk(io.ComfyNode):
 
     @classmethod
     def check_lazy_status(cls, model=None, prompt=None, frames_to_add=64, per_line_prompts=False, **_inputs):
-        if model is not None or frames_to_add < 1 or (prompt is not None and not split_prompts(prompt, per_line_prompts)):
+        empty = prompt is not None and not split_prompts(prompt, per_line_prompts)
+        if model is not None or frames_to_add < 1 or empty:
             return []  # bad input fails in execute without the model
         return ["model"]
 
@@ -208,8 +209,8 @@ class CAMExtendChunk(io.ComfyNode):
             log.info("StreamingT2V: chunk %d/%d done (%d frames so far)", index + 1, num_chunks,
                      stream.num_frames + CHUNK_NEW_FRAMES * (index + 1))
 
-        if memory not in MEMORY_MODES:
-            raise ValueError(f"memory: '{memory}' is not one of {list(MEMORY_MODES)}")
+        if memory_mode_problem(memory):  # before the model loads
+            raise ValueError(memory_mode_problem(memory))
         if anchor is not None and anchor.tokens.shape[-1] != cfg.context_dim:
             raise ValueError(f"anchor: APM tokens of width {anchor.tokens.shape[-1]}, this model needs "
                              f"{cfg.context_dim}; make the anchor with the same model")

@@ -230,12 +230,17 @@ MEMORY_MODES = ("auto", "max speed", "low vram")
 FEED_FORWARD_CHUNK = 16384
 
 
+def memory_mode_problem(mode) -> str | None:
+    """The message for a `memory` value that is not a mode (None: fine); nodes return it at validation."""
+    return None if mode in MEMORY_MODES else f"memory: '{mode}' is not one of {list(MEMORY_MODES)}"
+
+
 def wants_low_memory(mode: str, on_accelerator: bool, free_bytes: int, need_bytes: int) -> bool:
     """Whether to run the low-memory plan: always for "low vram", never for "max speed", and for "auto" on an
     accelerator whose free memory (after the model is loaded) is below what the fast plan needs. On the CPU
     "auto" never offloads: there is nowhere to offload to."""
-    if mode not in MEMORY_MODES:
-        raise ValueError(f"memory: '{mode}' is not one of {list(MEMORY_MODES)}")
+    if memory_mode_problem(mode):
+        raise ValueError(memory_mode_problem(mode))
     if mode == "low vram":
         return True
     if mode == "max speed" or not on_accelerator:
