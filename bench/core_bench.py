@@ -20,12 +20,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import streamingt2v_core as st  # noqa: E402
-from streamingt2v_core import tiny  # noqa: E402
-from streamingt2v_core.model import _restore_non_persistent, build_on_meta  # noqa: E402
-from streamingt2v_core.streaming import StreamConditioning, generate_chunk  # noqa: E402
+from streamingt2v_core.common.dtypes import DTYPES  # noqa: E402
+from streamingt2v_core.t2v.extend import StreamConditioning, generate_chunk  # noqa: E402
+from streamingt2v_core.t2v.model import _restore_non_persistent, build_on_meta  # noqa: E402
+from tests.support import tiny  # noqa: E402
 
 ORACLE = os.path.join(REPO, "tests", "data", "oracle")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def rss_gb() -> float:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from streamingt2v_core import metrics as M  # noqa: E402
-from streamingt2v_core.flow import get_flow  # noqa: E402
+from streamingt2v_core.metrics.flow import get_flow  # noqa: E402
 
 
 def panning_video(frames: int, res: int, shift: int = 2, seed: int = 0) -> np.ndarray:

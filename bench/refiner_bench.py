@@ -23,10 +23,9 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
-from streamingt2v_core.blending import chunk_starts  # noqa: E402
-from streamingt2v_core.refine import refine_latents  # noqa: E402
+from streamingt2v_core.blending.cuts import chunk_starts  # noqa: E402
+from streamingt2v_core.blending.sdedit import refine_latents  # noqa: E402
 
 
 class RowByRow(nn.Module):
@@ -77,8 +76,8 @@ def run(refiner, noised, ctx, neg, steps, chunk_batch):
 
 
 def measure(frames: int, pattern: str, steps: int, device: torch.device) -> tuple[float, int]:
-    import make_tiny_refiner
-    from streamingt2v_core.refiner import load_refiner
+    from tools import make_tiny_refiner
+    from streamingt2v_core.enhancers.load import load_refiner
 
     with tempfile.TemporaryDirectory() as tmp:  # the UNet alone: text encoder and VAE would set the RSS peak
         folder = make_tiny_refiner.write(Path(tmp), "converted", components=("unet",))

@@ -13,7 +13,8 @@ Sections (each printed as it finishes, all collected in --json):
   split     cost of one step by part, each timed by calling the module directly: CAM, base UNet (with the
             CAM features given), DDIM + guidance bookkeeping; and the per-stream / per-frame parts: APM
             (encode_anchor), text encoder, VAE decode per frame
-  options   time cost and output difference of each memory option (streamingt2v_core.memory) on the tiny model
+  options   time cost and output difference of each memory option (streamingt2v_core.common.memory and the
+            bench-only bench/memory_tricks.py) on the tiny model
   growth    a stream grown from 16 to 64, 256 (--full: 1024) frames with 1 DDIM step per chunk (memory does not depend
             on the step count; 50 steps would only take longer): host RSS, peak RSS, peak accelerator memory,
             and host bytes per added frame against the float32 frames the stream keeps
@@ -50,13 +51,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
-from core_bench import DTYPES, denoiser_inputs, real_size_model, tiny_model  # noqa: E402
+import memory_tricks  # noqa: E402
+from core_bench import denoiser_inputs, real_size_model, tiny_model  # noqa: E402
 
 import streamingt2v_core as st  # noqa: E402
-from streamingt2v_core import memory  # noqa: E402
-from streamingt2v_core.memory import LiveTensorBytes  # noqa: E402
-from streamingt2v_core.model import build_on_meta  # noqa: E402
-from streamingt2v_core.streaming import StreamConditioning, extend_video, generate_chunk, make_scheduler  # noqa: E402
+from streamingt2v_core.common import memory  # noqa: E402
+from streamingt2v_core.common.dtypes import DTYPES  # noqa: E402
+from streamingt2v_core.common.guidance import cfg as guided  # noqa: E402
+from streamingt2v_core.common.memory import LiveTensorBytes  # noqa: E402
+from streamingt2v_core.t2v.memory import OFFLOAD_PARTS  # noqa: E402
+from streamingt2v_core.t2v.model import build_on_meta  # noqa: E402
+from streamingt2v_core.t2v.extend import StreamConditioning, extend_video, generate_chunk, make_scheduler  # noqa: E402
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
@@ -140,34 +145,38 @@ def row(results: dict, section: str, label: str, **values) -> None:
 
 # -- stage 2 ----------------------------------------------------------------------------------------
 
-def guided_step(model, scheduler, latents, t, context, cond_embedding, steps, guidance, generator):
-    """One denoising step exactly as generate_chunk runs it (CFG rows batched, the CAM's frame features
-    computed once per chunk and passed in)."""
-    x = latents.to(model.dtype)
-    eps = model.predict_noise(torch.cat([x, x]), t, context, None, cond_embedding).float()
-    eps_u, eps_c = eps.chunk(2)
-    return scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents, steps, generator=generator)
+def step_seconds(model, frames, cond, device, repeat: int, guidance: float = 7.5) -> tuple[float, int | None]:
+    """Median wall seconds of one denoising step as the core runs it: the time between `generate_chunk`'s
+    `on_step` calls (CFG rows batched, the CAM's frame features computed once per chunk). The first step also
+    holds the chunk's set-up (frame features, initial noise), so it is the warm-up and left out. Also the
+    accelerator peak at the last step (before the chunk's VAE decode; None on the CPU)."""
+    stamps, peak = [], [None]
+
+    def on_step(_done, _total):
+        sync(device)
+        stamps.append(time.perf_counter())
+        peak[0] = accel_peak(device)
+
+    generate_chunk(model, frames, cond, steps=repeat + 1, guidance=guidance,
+                   generator=torch.Generator().manual_seed(0), on_step=on_step)
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:])), peak[0]
 
 
 def bench_step(model, device, args, results) -> None:
     cfg = model.config
     sample, ehs, cond = denoiser_inputs(model, device)
-    sched = make_scheduler(model)
-    t = sched.timesteps(50)[25]
-    g = torch.Generator().manual_seed(0)
-    latents = sample[:1].float()
+    t = make_scheduler(model).timesteps(50)[25]
     emb = model.encode_cond_frames(cond)
-    step_s = timeit(lambda: guided_step(model, sched, latents, t, ehs, emb, 50, 7.5, g), device, args.repeat)
+    frames = torch.rand(16, 3, cfg.height, cfg.width, generator=torch.Generator().manual_seed(1))
+    sc = StreamConditioning.build(model, "a benchmark", "", anchor=frames[0])
+    step_s, _peak = step_seconds(model, frames, sc, device, args.repeat)
     flops = count_flops(lambda: model.predict_noise(sample, t, ehs, None, emb))
     row(results, "step", f"tiny step (2x{cfg.chunk_frames} frames {cfg.height}x{cfg.width})", time_ms=step_s * 1e3,
         gflop=round(flops / 1e9, 2), achieved_gflops=round(flops / step_s / 1e9, 1))
     # before the frame features were computed once per chunk: the CAM's frame encoder ran every step, both rows
-    old_s = timeit(lambda: guided_step(model, sched, latents, t, ehs, model.encode_cond_frames(cond), 50, 7.5, g),
-                   device, args.repeat)
-    row(results, "step", "tiny step, CAM frame encoder every step (before)", time_ms=old_s * 1e3,
+    encoder_s = timeit(lambda: model.encode_cond_frames(cond), device, args.repeat)
+    row(results, "step", "tiny step, CAM frame encoder every step (before)", time_ms=(step_s + encoder_s) * 1e3,
         gflop=round(count_flops(lambda: model.predict_noise(sample, t, ehs, cond)) / 1e9, 2))
-    frames = torch.rand(16, 3, cfg.height, cfg.width, generator=torch.Generator().manual_seed(1))
-    sc = StreamConditioning.build(model, "a benchmark", "", anchor=frames[0])
     chunk_s = timeit(lambda: generate_chunk(model, frames, sc, steps=args.steps, generator=torch.Generator().manual_seed(0)),
                      device, repeat=1)
     row(results, "step", f"tiny chunk ({args.steps} steps + decode 16 frames)", time_ms=chunk_s * 1e3,
@@ -193,7 +202,7 @@ def bench_split(model, device, args, results) -> None:
 
     def bookkeeping():
         eps_u, eps_c = eps.chunk(2)
-        return sched.step(eps_u + 7.5 * (eps_c - eps_u), 501, lat, 50, generator=g)
+        return sched.step(guided(eps_c, eps_u, 7.5), 501, lat, 50, generator=g)
 
     ddim = timeit(bookkeeping, device, rep)
     step_total = full + ddim
@@ -225,10 +234,10 @@ def bench_options(model, device, args, results) -> None:
     ref = call(model)
     base = timeit(lambda: call(model), device, rep)
     row(results, "options", "none (plain SDPA, whole feed-forward)", time_ms=base * 1e3)
-    memory.set_attention_slicing(model, 16)
+    memory_tricks.set_attention_slicing(model, 16)
     sec = timeit(lambda: call(model), device, rep)
     err = (call(model) - ref).abs().max().item()
-    memory.set_attention_slicing(model, None)
+    memory_tricks.set_attention_slicing(model, None)
     row(results, "options", "attention in query slices of 16", time_ms=sec * 1e3, max_abs_diff=err)
     memory.set_feed_forward_chunking(model, 512)
     sec = timeit(lambda: call(model), device, rep)
@@ -236,16 +245,17 @@ def bench_options(model, device, args, results) -> None:
     memory.set_feed_forward_chunking(model, None)
     row(results, "options", "feed-forward in chunks of 512 tokens", time_ms=sec * 1e3, max_abs_diff=err)
     q = copy.deepcopy(model)
-    memory.fp8_weights(q.base_model)
-    memory.fp8_weights(q.unet)
+    memory_tricks.fp8_weights(q.base_model)
+    memory_tricks.fp8_weights(q.unet)
     sec = timeit(lambda: call(q), device, rep)
     out = call(q)
     row(results, "options", "fp8 weights (base UNet + CAM), upcast at use", time_ms=sec * 1e3,
         rel_l2_err=round(((out - ref).norm() / ref.norm()).item(), 4),
-        weights_mib=memory.parameter_bytes(q.base_model) / MiB + memory.parameter_bytes(q.unet) / MiB,
-        fp32_weights_mib=memory.parameter_bytes(model.base_model) / MiB + memory.parameter_bytes(model.unet) / MiB)
+        weights_mib=memory_tricks.parameter_bytes(q.base_model) / MiB + memory_tricks.parameter_bytes(q.unet) / MiB,
+        fp32_weights_mib=(memory_tricks.parameter_bytes(model.base_model) / MiB
+                          + memory_tricks.parameter_bytes(model.unet) / MiB))
     del q
-    off = memory.sequential_offload(model, device, swap_cam=True)
+    off = memory_tricks.swap_cam_offload(model, device, OFFLOAD_PARTS)
     with off:
         sec = timeit(lambda: call(model), device, rep)
         err = (call(model) - ref).abs().max().item()
@@ -330,27 +340,17 @@ def bench_growth(model, device, args, results) -> None:
 # -- stage 3 ----------------------------------------------------------------------------------------
 
 def tiny_refiner(device, dtype):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
     try:
-        import make_tiny_refiner
-        from streamingt2v_core.refiner import load_refiner
+        from tools import make_tiny_refiner
     except ImportError as e:
         return None, f"refiner tools not importable ({e})"
     with tempfile.TemporaryDirectory(prefix="tiny_v2v_") as tmp:  # the weights are read in; the files can go
-        return load_refiner(make_tiny_refiner.write(Path(tmp), "converted"), device=device, dtype=dtype), None
+        return st.load_refiner(make_tiny_refiner.write(Path(tmp), "converted"), device=device, dtype=dtype), None
 
 
 def bench_refiner(device, dtype, args, results) -> None:
-    refine_latents = getattr(st, "refine_latents", None)
+    refine_latents = st.refine_latents
     source = "streamingt2v_core.refine_latents"
-    if refine_latents is None:
-        try:
-            from streamingt2v_core.refine import refine_latents
-            source = "streamingt2v_core.refine.refine_latents (not yet exported by the package)"
-        except ImportError as e:
-            print(f"  skipped: the refiner API is not there yet ({e})")
-            results["refiner_skipped"] = str(e)
-            return
     refiner, why = tiny_refiner(device, dtype)
     if refiner is None:
         print(f"  skipped: {why}")
@@ -455,15 +455,13 @@ def bench_real(device, args, results, flops) -> None:
         row(results, "real", "denoiser call (2x16x256^2, cold)", time_ms=sec * 1e3, peak_rss_mib=rss_peak() / MiB,
             achieved_tflops=round(unet_flops / sec / 1e12, 4))
         return
-    sched = make_scheduler(model)
-    g = torch.Generator().manual_seed(0)
-    lat = sample[:1].float()
+    frames = torch.rand(16, 3, 256, 256)
+    sc = StreamConditioning.build(model, "a benchmark", "", anchor=frames[0])
     reset_accel_peak(device)
     emb = model.encode_cond_frames(cond)
-    step = timeit(lambda: guided_step(model, sched, lat, sched.timesteps(50)[25], ehs, emb, 50, 7.5, g), device,
-                  args.repeat)
+    step, step_peak = step_seconds(model, frames, sc, device, args.repeat)
     row(results, "real", f"step (CFG, 2x16 frames 256x256, {dtype})", time_ms=step * 1e3,
-        accel_peak_mib=accel_peak(device) / MiB, achieved_tflops=round(unet_flops / step / 1e12, 1),
+        accel_peak_mib=step_peak / MiB, achieved_tflops=round(unet_flops / step / 1e12, 1),
         fraction_of_peak=round(unet_flops / step / 1e12 / args.peak_tflops, 3))
     cam = timeit(lambda: model.unet(sample, t, ehs[:, :77], None, emb), device, args.repeat)
     skips, mid = model.unet(sample, t, ehs[:, :77], None, emb)
@@ -475,8 +473,6 @@ def bench_real(device, args, results, flops) -> None:
     z = sample[:1].float()
     vae = timeit(lambda: model.decode_latents(z), device, args.repeat)
     row(results, "real", "VAE decode per frame", time_ms=vae * 1e3 / 16)
-    frames = torch.rand(16, 3, 256, 256)
-    sc = StreamConditioning.build(model, "a benchmark", "", anchor=frames[0])
     reset_accel_peak(device)
     chunk = timeit(lambda: generate_chunk(model, frames, sc, steps=args.steps, generator=torch.Generator().manual_seed(0)),
                    device, repeat=1)
@@ -489,11 +485,11 @@ def bench_real(device, args, results, flops) -> None:
 
 def weight_bytes(module, dtype_bytes: int = 2, fp8: bool = False) -> int:
     """Parameter bytes in a dtype of `dtype_bytes`; with fp8, Linear/Conv weights take 1 byte a value plus a
-    float32 scale per output channel (memory.fp8_weights), the rest stays in the dtype."""
+    float32 scale per output channel (memory_tricks.fp8_weights), the rest stays in the dtype."""
     total = 0
     for m in module.modules():
         for name, p in m.named_parameters(recurse=False):
-            if fp8 and name == "weight" and isinstance(m, memory._FP8_LAYERS):
+            if fp8 and name == "weight" and isinstance(m, memory_tricks.FP8_LAYERS):
                 total += p.numel() + p.shape[0] * 4
             else:
                 total += p.numel() * dtype_bytes
@@ -518,13 +514,13 @@ def stage2_estimate(results) -> dict:
         ids = torch.zeros(2, cfg.text_tokens, dtype=torch.long)
     step = lambda: model.predict_noise(sample, t, ehs, cond)  # noqa: E731
     act = {"step": memory.activation_peak_bytes(step)}
-    memory.set_feed_forward_chunking(model, 16384)
+    memory.set_feed_forward_chunking(model, memory.FEED_FORWARD_CHUNK)
     act["step_ff_chunks"] = memory.activation_peak_bytes(step)
     memory.set_feed_forward_chunking(model, None)
     act["step_math_attention"] = memory.activation_peak_bytes(step, fused_attention=False)
-    memory.set_attention_slicing(model, 256)
+    memory_tricks.set_attention_slicing(model, 256)
     act["step_math_attention_sliced_256"] = memory.activation_peak_bytes(step, fused_attention=False)
-    memory.set_attention_slicing(model, None)
+    memory_tricks.set_attention_slicing(model, None)
     act["vae_decode_8_frames"] = memory.activation_peak_bytes(lambda: model.vae.decode(z8))
     act["apm"] = memory.activation_peak_bytes(lambda: model.resampler(model.image_encoder(img)[:, None]))
     act["text"] = memory.activation_peak_bytes(lambda: model.text_encoder(ids))
@@ -561,7 +557,7 @@ SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock
 def meta_refiner_unet():
     """The real-size refiner UNet (fp16) on the meta device, or None with a printed reason."""
     try:
-        from streamingt2v_core.refiner import build_unet
+        from streamingt2v_core.enhancers.ms_vid2vid.unet import build_unet
     except ImportError as e:
         print(f"  refiner part skipped: {e}")
         return None
@@ -587,7 +583,7 @@ def refiner_estimate(results, latent_copies: float) -> dict | None:
         return None
     from diffusers import AutoencoderKL
 
-    from streamingt2v_core.refiner import OpenCLIPTextEncoder
+    from streamingt2v_core.enhancers.ms_vid2vid.text import OpenCLIPTextEncoder
 
     with torch.device("meta"):
         text = OpenCLIPTextEncoder(layers=24)
@@ -598,7 +594,7 @@ def refiner_estimate(results, latent_copies: float) -> dict | None:
 
     act["unet_chunk_cfg_batched"] = memory.activation_peak_bytes(call(2))
     act["unet_chunk_one_row"] = memory.activation_peak_bytes(call(1))
-    memory.set_feed_forward_chunking(unet, 16384)
+    memory.set_feed_forward_chunking(unet, memory.FEED_FORWARD_CHUNK)
     act["unet_chunk_cfg_batched_ff_chunks"] = memory.activation_peak_bytes(call(2))
     act["unet_chunk_one_row_ff_chunks"] = memory.activation_peak_bytes(call(1))
     memory.set_feed_forward_chunking(unet, None)

@@ -29,10 +29,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
-from streamingt2v_core.blending import boundary_overlaps, chunk_starts  # noqa: E402
-from streamingt2v_core.refine import refine_latents  # noqa: E402
+from streamingt2v_core.blending.cuts import boundary_overlaps, chunk_starts  # noqa: E402
+from streamingt2v_core.blending.sdedit import refine_latents  # noqa: E402
 
 
 def moving_pattern(frames: int, h: int = 10, w: int = 16) -> torch.Tensor:
@@ -52,7 +51,7 @@ class ChunkLocalSmoother:
     prediction_type = "sample"
 
     def __init__(self, width: int = 17):
-        from streamingt2v_core.schedules import VPSchedule
+        from streamingt2v_core.enhancers.ms_vid2vid.schedule import VPSchedule
 
         self.schedule, self.width = VPSchedule(), width
 
@@ -63,7 +62,12 @@ class ChunkLocalSmoother:
         a, s = self.schedule.alpha_sigma(torch.as_tensor(t).reshape(-1)[:1])
         return float(a), float(s)
 
-    def predict_x0(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2):
+    def sample(self, noised, x0_fn, steps, t_start, seed=0, brownian_noise=None):
+        from streamingt2v_core.enhancers.ms_vid2vid.solver import sdedit_solve  # the MS-Vid2Vid solver, as `tiny`
+
+        return sdedit_solve(self.schedule, noised, x0_fn, steps, t_start, seed, brownian_noise)
+
+    def predict_x0(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2, rows_together=True):
         a, _ = self.alpha_sigma(t)
         x = x_t / a
         pad = self.width // 2
@@ -94,8 +98,8 @@ def main(argv=None) -> int:
 
     for name in args.denoiser:
         if name == "tiny":
-            import make_tiny_refiner
-            from streamingt2v_core.refiner import load_refiner
+            from tools import make_tiny_refiner
+            from streamingt2v_core.enhancers.load import load_refiner
 
             with tempfile.TemporaryDirectory() as tmp:
                 refiner = load_refiner(make_tiny_refiner.write(Path(tmp), "converted"))

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "comfy"))
+sys.path.insert(0, str(REPO))  # a script: the repository root makes `tests.support` importable
 
-from comfy_client import ComfyClient, ComfyServer, describe_failure, status_str, write_extra_model_paths  # noqa: E402
+from tests.support.comfy_client import ComfyClient, ComfyServer, describe_failure, status_str, write_extra_model_paths  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -7,14 +7,14 @@ for diffusers and transformers.
 import importlib
 
 _EXPORTS = {
-    "StreamingT2VConfig": "config",
-    "load_config": "config",
-    "StreamingT2V": "model",
-    "load_streamingt2v": "model",
-    "official_state_dict_shapes": "model",
-    "CheckpointError": "checkpoint",
-    "load_refiner": "refiner",
-    "refine_latents": "refine",
+    "StreamingT2VConfig": "t2v.config",
+    "load_config": "t2v.config",
+    "StreamingT2V": "t2v.model",
+    "load_streamingt2v": "t2v.model",
+    "official_state_dict_shapes": "t2v.model",
+    "CheckpointError": "common.weights",
+    "load_refiner": "enhancers.load",
+    "refine_latents": "blending.sdedit",
 }
 
 __all__ = sorted(_EXPORTS)

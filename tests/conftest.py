@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "tests" / "data"
-ORACLE = DATA / "oracle"
-CACHE = Path(os.environ.get("STREAMINGT2V_TEST_CACHE", ROOT / ".cache"))
+from tests.support.paths import CACHE, ORACLE
+
 TINY_HASH = "d5e57138bf5c45af237b6a115c28875cc9646a9b69ee738d5ccfb9111ded6e5b"
 
 
@@ -19,7 +17,7 @@ def tiny_checkpoint_path() -> Path:
 
     from safetensors.torch import save_file
 
-    from streamingt2v_core import tiny
+    from tests.support import tiny
 
     path = CACHE / "tiny_streamingt2v.safetensors"
     stamp = CACHE / "tiny_streamingt2v.sha256"
@@ -46,13 +44,8 @@ def tiny_config() -> Path:
 
 
 # The real-ComfyUI fixtures (comfy_server, comfy, tiny_models_dir), shared by tests/comfy and tests/browser,
-# and the browser fixtures (browser, frontend). Plugins, not conftest.py files: `from conftest import ...`
-# must keep finding this file.
-import sys as _sys  # noqa: E402
-
-_sys.path.insert(0, str(ROOT / "tests" / "comfy"))
-_sys.path.insert(0, str(ROOT / "tests" / "browser"))
-pytest_plugins = ["server_fixtures", "browser_fixtures"]
+# and the browser fixtures (browser, frontend).
+pytest_plugins = ["tests.support.server_fixtures", "tests.support.browser_fixtures"]
 
 
 @pytest.fixture(scope="session")

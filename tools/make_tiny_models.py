@@ -36,7 +36,7 @@ MODELSCOPE_NAME = "tiny_modelscope_t2v"
 REFINER_NAME = "tiny_ms_vid2vid"
 
 sys.path.insert(0, REPO)
-from streamingt2v_core.tiny import read_manifest, regenerate  # noqa: E402  (the oracle's weight rule)
+from tests.support.tiny import read_manifest, regenerate  # noqa: E402  (the oracle's weight rule)
 
 
 def tiny_unet_config():

@@ -24,9 +24,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "refiner"
-if str(REPO) not in sys.path:
+if str(REPO) not in sys.path:  # run as a script (python tools/make_tiny_refiner.py); imported as tools.make_tiny_refiner
     sys.path.insert(0, str(REPO))
-from streamingt2v_core.refiner import CONVERTED_FILES, OFFICIAL_FILES  # noqa: E402
+from streamingt2v_core.enhancers.ms_vid2vid.files import CONVERTED_FILES, OFFICIAL_FILES  # noqa: E402
 COMPONENTS = {  # manifest, config key, fp16 rounding
     "unet": ("tiny_v2v_manifest.tsv", "unet", True),
     "text_encoder": ("tiny_v2v_text_encoder_manifest.tsv", "text_encoder", False),

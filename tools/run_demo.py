@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "comfy"))
-from comfy_client import (ComfyClient, ComfyServer, ServerError, combo_options, describe_failure,  # noqa: E402
+sys.path.insert(0, str(REPO))  # a script: the repository root makes `tests.support` importable
+from tests.support.comfy_client import (ComfyClient, ComfyServer, ServerError, combo_options, describe_failure,  # noqa: E402
                           output_files, read_video_info, status_str, tiny_models_key,
                           write_extra_model_paths)
 

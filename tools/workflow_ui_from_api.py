@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "comfy"))
+sys.path.insert(0, str(REPO))  # a script: the repository root makes `tests.support` importable
 
-from comfy_client import ComfyServer, strip_meta, write_extra_model_paths  # noqa: E402
+from tests.support.comfy_client import ComfyServer, strip_meta, write_extra_model_paths  # noqa: E402
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -1,0 +1,100 @@
+"""Randomized blending (StreamingT2V §3.3, official `model_fn` in diffusion_sdedit.py), as pure tensor functions.
+
+At every solver step the whole-video latent is denoised in overlapping chunks; each chunk predicts x0 and,
+inside each overlap, a random cut r decides which chunk's x0 each frame takes: overlap frames before the
+cut keep the left chunk, the rest take the right chunk (the right chunk overwrites from `start + r` on).
+
+Departures from the official code (deliberate): no frame is ever dropped, and the cuts come from a seeded
+torch.Generator instead of Python's global `random`.
+"""
+from __future__ import annotations
+
+import torch
+
+
+MAX_CHUNK = 1024  # frames per chunk; far beyond any video model's window
+
+
+def chunking_problems(chunk: int, overlap: int) -> list[str]:
+    """Why chunks of `chunk` frames overlapping by `overlap` cannot be blended (empty: they can)."""
+    problems = []
+    if overlap < 1:
+        problems.append(f"overlap: {overlap} is too small; allowed 1..chunk-1 (official 8)")
+    if chunk > MAX_CHUNK:
+        problems.append(f"chunk: {chunk} is too large; allowed overlap+1..{MAX_CHUNK} (official 24)")
+    if chunk <= overlap:
+        problems.append(f"chunk: {chunk} must be larger than overlap ({overlap}); allowed chunk >= overlap+1 "
+                        f"(official chunk 24, overlap 8)")
+    return problems
+
+
+def chunk_starts(frames: int, chunk: int = 24, overlap: int = 8) -> list[int]:
+    """Start frame of every chunk; every chunk has `min(chunk, frames)` frames and the last ends at `frames`.
+
+    Lengths of the official form k*(chunk-overlap)+overlap get exactly the official layout (stride
+    chunk-overlap). Any other length gets the fewest chunks whose overlaps are all >= `overlap`, spread
+    evenly over the video (stride rounded), so no frame is dropped and no overlap is starved.
+    A video shorter than `chunk` is one chunk of all its frames.
+    """
+    if frames < 1:
+        raise ValueError(f"the video needs at least 1 frame, got {frames}")
+    problems = chunking_problems(chunk, overlap)
+    if problems:
+        raise ValueError("; ".join(problems))
+    if frames <= chunk:
+        return [0]
+    stride = chunk - overlap
+    n = -(-(frames - overlap) // stride)  # ceil: the fewest chunks with overlaps >= overlap
+    span = frames - chunk
+    return [round(k * span / (n - 1)) for k in range(n)]
+
+
+def boundary_overlaps(starts: list[int], chunk_len: int) -> list[int]:
+    """Overlap length between chunk k-1 and chunk k, for k >= 1."""
+    return [starts[k - 1] + chunk_len - starts[k] for k in range(1, len(starts))]
+
+
+def draw_offsets(overlaps: list[int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """One cut per boundary, uniform in 0..overlap-1 (official: random.randint(0, O-1)); int64 [boundaries]."""
+    if not overlaps:
+        return torch.zeros(0, dtype=torch.long)
+    sizes = torch.tensor(overlaps, dtype=torch.long)
+    u = torch.rand(len(overlaps), generator=generator, dtype=torch.float64)
+    return (u * sizes).floor().long().clamp_(max=sizes - 1)
+
+
+def frame_owners(frames: int, starts: list[int], chunk_len: int, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every frame: the chunk whose x0 it takes and the frame's index inside that chunk.
+
+    Chunk 0 is written whole; chunk k >= 1 overwrites frames [start_k + r_k, start_k + chunk_len).
+    """
+    offsets = torch.as_tensor(offsets, dtype=torch.long).flatten()
+    if offsets.numel() != len(starts) - 1:
+        raise ValueError(f"need {len(starts) - 1} offsets (one per chunk boundary), got {offsets.numel()}")
+    owner = torch.zeros(frames, dtype=torch.long)
+    for k in range(1, len(starts)):
+        r = int(offsets[k - 1])
+        ov = starts[k - 1] + chunk_len - starts[k]
+        if not 0 <= r < ov:
+            raise ValueError(f"offset {r} at boundary {k} is outside 0..{ov - 1}")
+        owner[starts[k] + r: starts[k] + chunk_len] = k
+    local = torch.arange(frames) - torch.tensor(starts, dtype=torch.long)[owner]
+    return owner, local
+
+
+def split_chunks(x: torch.Tensor, starts: list[int], chunk_len: int) -> torch.Tensor:
+    """(B, C, F, h, w) -> (K*B, C, chunk_len, h, w), chunk-major, so all chunks run as one batch."""
+    return torch.cat([x[:, :, s:s + chunk_len] for s in starts], dim=0)
+
+
+def stitch_x0(chunk_x0: torch.Tensor, starts: list[int], chunk_len: int, frames: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Blend per-chunk x0 (K*B, C, chunk_len, h, w) into the whole-video x0 (B, C, F, h, w)."""
+    k = len(starts)
+    kb, c, fl, h, w = chunk_x0.shape
+    if kb % k or fl != chunk_len:
+        raise ValueError(f"chunk_x0 {tuple(chunk_x0.shape)} does not hold {k} chunks of {chunk_len} frames")
+    owner, local = frame_owners(frames, starts, chunk_len, offsets)
+    per_chunk = chunk_x0.view(k, kb // k, c, fl, h, w)
+    owner, local = owner.to(chunk_x0.device), local.to(chunk_x0.device)
+    picked = per_chunk[owner, :, :, local]          # (F, B, C, h, w)
+    return picked.permute(1, 2, 0, 3, 4).contiguous()

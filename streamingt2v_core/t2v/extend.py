@@ -1,0 +1,171 @@
+"""Stage 2, the autoregressive loop: each new 16-frame chunk is denoised from fresh Gaussian latents
+with the CAM reading the previous chunk's last 8 frames and the APM holding the anchor; its first 8
+frames regenerate the previous chunk's tail, so only frames 8..15 are new.
+
+All frames are float32 CPU tensors (F, 3, H, W) in [0, 1]; latents live on the model's device only
+while a chunk is denoised, so accelerator memory does not grow with the video.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..common.guidance import cfg
+from .config import StreamingT2VConfig
+from .ddim import DDIM
+
+
+@dataclass
+class StreamConditioning:
+    """Everything a chunk is conditioned on besides the previous frames: the CFG context rows
+    [unconditional, conditional], each 77 text tokens then 16 APM tokens."""
+
+    context: torch.Tensor  # (2, 77 + 16, D)
+
+    @classmethod
+    def build(cls, model, prompt: str, negative_prompt: str = "", anchor=None, anchor_tokens=None):
+        """`anchor`: a frame (3, H, W) in [0, 1]; or `anchor_tokens` (1, 16, D) from `encode_anchor`.
+        The unconditional APM tokens come from an all-zero image in [-1, 1] (mid-grey), as officially."""
+        text = model.encode_prompt([negative_prompt, prompt])
+        if anchor_tokens is None:
+            if anchor is None:
+                raise ValueError("StreamConditioning needs an anchor frame or APM tokens")
+            anchor_tokens = model.encode_anchor(anchor[None] * 2 - 1)
+        uncond = model.encode_anchor(torch.zeros(1, 3, *anchor_size(model, anchor)))
+        tokens = torch.cat([uncond.to(anchor_tokens), anchor_tokens.reshape(1, *anchor_tokens.shape[-2:])])
+        return cls(torch.cat([text.to(tokens), tokens], dim=1))
+
+
+def anchor_size(model, anchor) -> tuple:
+    if anchor is not None:
+        return tuple(anchor.shape[-2:])
+    return model.config.height, model.config.width
+
+
+def make_scheduler(model) -> DDIM:
+    return DDIM(**model.config.scheduler)
+
+
+def stream_problem(config: StreamingT2VConfig, num_frames: int, height: int, width: int) -> str | None:
+    """Why frames of this count and size cannot be continued by the CAM (None: they can)."""
+    if num_frames < config.min_stream_frames:
+        return (f"stream: {num_frames} frames, the CAM needs the last {config.cond_frames} frames; "
+                f"start from at least {config.min_stream_frames} frames")
+    sf = config.vae_scale_factor
+    if height % sf or width % sf:
+        return (f"stream: frames are {width}x{height}; width and height must be divisible by {sf}: "
+                f"resize them in the init node")
+    return None
+
+
+def split_prompts(prompt: str, per_line: bool) -> list[str]:
+    """One prompt, or the non-empty lines of `prompt` (stripped) when `per_line` is on (a story told chunk
+    by chunk)."""
+    if not per_line:
+        return [prompt]
+    return [line.strip() for line in prompt.splitlines() if line.strip()]
+
+
+def chunk_prompts(prompts: Sequence[str] | str, num_chunks: int) -> list[str]:
+    """The prompt of each chunk: prompt i for chunk i, the last one carrying on when there are more chunks
+    (prompts beyond `num_chunks` are not used). A string is every chunk's prompt."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("prompts: none given; give one prompt, or one per chunk")
+    return [prompts[min(i, len(prompts) - 1)] for i in range(num_chunks)]
+
+
+@torch.no_grad()
+def generate_chunk(model, prev_frames: torch.Tensor, cond: StreamConditioning, steps: int = 50,
+                   guidance: float = 7.5, eta: float = 1.0, generator: Optional[torch.Generator] = None,
+                   on_step: Optional[Callable[[int, int], None]] = None,
+                   scheduler: Optional[DDIM] = None) -> torch.Tensor:
+    """One chunk. prev_frames: (>= 8, 3, H, W) in [0, 1]; returns the chunk's 16 frames, CPU float32
+    (decoded from the final latents by `model.decode_latents`).
+
+    Random draws from `generator` in the official order: the initial latents (1, C, 16, h, w), then
+    each step's variance noise."""
+    config = model.config
+    n_cond = config.cond_frames
+    h, w = prev_frames.shape[-2:]
+    problem = stream_problem(config, int(prev_frames.shape[0]), int(h), int(w))
+    if problem:
+        raise ValueError(problem)
+    sf = config.vae_scale_factor
+    scheduler = scheduler or make_scheduler(model)
+    device, dtype = model.device, model.dtype
+    cond_frames = (prev_frames[-n_cond:] * 2 - 1)[None].to(device, dtype)
+    # the CAM's frame encoder sees the same frames at every step and in both rows: once per chunk
+    cond_embedding = model.encode_cond_frames(cond_frames)
+    guided = guidance != 1.0
+    context = cond.context.to(device, dtype)
+    if guided:
+        cond_embedding = cond_embedding.repeat(2, 1, 1, 1)  # rows are batch-major: (row, frame)
+    else:  # guidance 1 is the conditional prediction alone: skip the unconditional row
+        context = context[1:]
+
+    gen_device = generator.device if generator is not None else "cpu"
+    latents = torch.randn((1, config.latent_channels, config.chunk_frames, h // sf, w // sf), generator=generator,
+                          device=gen_device).to(device)
+    timesteps = scheduler.timesteps(steps)
+    for i, t in enumerate(timesteps):
+        x = latents.to(dtype)
+        x = torch.cat([x, x]) if guided else x
+        eps = model.predict_noise(x, t, context, None, cond_embedding).float()
+        if guided:
+            eps_u, eps_c = eps.chunk(2)
+            eps = cfg(eps_c, eps_u, guidance)
+        latents = scheduler.step(eps, t, latents, steps, eta=eta, generator=generator)
+        if on_step is not None:
+            on_step(i + 1, steps)
+    return model.decode_latents(latents)[0].float().cpu()
+
+
+def chunks_for_frames(frames_to_add: int, new_per_chunk: int | None = None) -> int:
+    """Whole chunks needed to add at least `frames_to_add` frames, each adding `new_per_chunk` (a model's
+    `config.new_frames_per_chunk`; None: the official model's, 8)."""
+    if new_per_chunk is None:
+        new_per_chunk = StreamingT2VConfig().new_frames_per_chunk
+    if frames_to_add < 1:
+        raise ValueError(f"frames to add must be at least 1, got {frames_to_add}")
+    return -(-frames_to_add // new_per_chunk)
+
+
+@torch.no_grad()
+def extend_video(model, frames: torch.Tensor, num_chunks: int, prompts: Sequence[str] | str,
+                 negative_prompt: str = "", anchor: Optional[torch.Tensor] = None,
+                 anchor_tokens: Optional[torch.Tensor] = None, steps: int = 50, guidance: float = 7.5,
+                 eta: float = 1.0, seed: int = 33, generator: Optional[torch.Generator] = None,
+                 on_step: Optional[Callable[[int, int], None]] = None,
+                 on_chunk: Optional[Callable[[int, torch.Tensor], None]] = None) -> list:
+    """Adds `num_chunks` chunks after `frames` (N >= 8, 3, H, W) in [0, 1]; returns the new frames of
+    each chunk (frames 8..15), CPU float32. `prompts`: one for all chunks, or one per chunk (fewer: the
+    last carries on, see `chunk_prompts`). The anchor
+    defaults to frame 0 of `frames` (the official `fixed` conditioning). One generator seeded with
+    `seed` drives every draw, so a seed reproduces the stream (the official seed is 33)."""
+    if num_chunks < 1:
+        raise ValueError(f"num_chunks must be at least 1, got {num_chunks}")
+    prompts = chunk_prompts(prompts, num_chunks)
+    if anchor is None and anchor_tokens is None:
+        anchor = frames[0]
+    if anchor_tokens is None:
+        anchor_tokens = model.encode_anchor(anchor[None].to(torch.float32) * 2 - 1)
+    conds = {}
+    for p in dict.fromkeys(prompts):  # each distinct prompt encoded once
+        conds[p] = StreamConditioning.build(model, p, negative_prompt, anchor=anchor, anchor_tokens=anchor_tokens)
+    generator = generator or torch.Generator().manual_seed(int(seed))
+    scheduler = make_scheduler(model)
+    total = num_chunks * steps
+    tail = frames[-model.config.cond_frames:].float().cpu()
+    new = []
+    for c in range(num_chunks):
+        step_cb = None if on_step is None else (lambda s, _n, c=c: on_step(c * steps + s, total))
+        chunk = generate_chunk(model, tail, conds[prompts[c]], steps, guidance, eta, generator, step_cb, scheduler)
+        fresh = chunk[model.config.cond_frames:].clone()  # a view would keep all 16 decoded frames alive
+        new.append(fresh)
+        tail = chunk[-model.config.cond_frames:]
+        if on_chunk is not None:
+            on_chunk(c, fresh)
+    return new

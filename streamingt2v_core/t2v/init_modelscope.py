@@ -1,0 +1,139 @@
+"""Stage 1: the first 16-frame chunk from text, with the ModelScope text-to-video UNet.
+
+The official code runs diffusers' `TextToVideoSDPipeline` on damo-vilab/text-to-video-ms-1.7b with its
+scheduler swapped for `DPMSolverMultistepScheduler.from_config(<the DDIM config>)` (dpmsolver++, order 2),
+50 steps, guidance 9, 16 frames at 256x256, no negative prompt (reference 1.2). The VAE and the text
+encoder are the frozen ModelScope ones, which the StreamingT2V checkpoint also holds, so they come from
+the stage-2 model here and only the UNet is loaded separately.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..common.guidance import cfg
+from ..common.unet3d import infer_unet3d_config
+from ..common.weights import CheckpointError
+from .weights import read_state_dict_with_meta
+from .config import OFFICIAL_UNET
+
+# The stage-2 base UNet is ModelScope's, so its official config is the ModelScope UNet's config.
+MODELSCOPE_UNET = OFFICIAL_UNET
+_UNET_ARGS = set(MODELSCOPE_UNET)
+DEFAULTS = {"steps": 50, "guidance": 9.0, "frames": 16, "height": 256, "width": 256}
+_FIX = ("use the ModelScope text-to-video UNet (damo-vilab/text-to-video-ms-1.7b, folder unet/: "
+        "diffusion_pytorch_model.safetensors with its config.json) in models/diffusion_models/")
+
+
+def _weights_in_folder(folder: Path) -> Path:
+    """A diffusers model folder (or a pipeline folder with unet/): its weights file."""
+    if (folder / "unet").is_dir() and not (folder / "config.json").is_file():
+        folder = folder / "unet"
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                 "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{folder}: no diffusion_pytorch_model[.fp16].safetensors/.bin in this folder; {_FIX}")
+
+
+def _config_for(path: Path) -> Optional[dict]:
+    """The sidecar `<stem>.json`, else a diffusers `config.json` beside the weights."""
+    for cand in (path.with_suffix(".json"), path.parent / "config.json"):
+        if cand.is_file():
+            try:
+                return json.loads(cand.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CheckpointError(f"{cand}: not valid JSON ({exc}); fix the file or delete it") from exc
+    return None
+
+
+def load_modelscope_unet(source, config=None, device="cpu", dtype=torch.float32):
+    """The ModelScope T2V UNet (diffusers `UNet3DConditionModel`) from a single weights file (sidecar
+    `<stem>.json` or a diffusers `config.json` beside it, else the architecture from the shapes) or a
+    diffusers folder. Weights are read memory-mapped; missing, unknown or mis-shaped keys raise
+    `CheckpointError` naming them."""
+    from diffusers import UNet3DConditionModel
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder; {_FIX}")
+    if path.is_dir():
+        path = _weights_in_folder(path)
+    state, meta = read_state_dict_with_meta(path)
+    if config is None:
+        config = _config_for(path)
+    elif isinstance(config, (str, os.PathLike)):
+        config = json.loads(Path(config).read_text(encoding="utf-8"))
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    base = dict(MODELSCOPE_UNET)
+    base.update({k: v for k, v in (config or {}).items() if k in _UNET_ARGS})
+    unet_config = infer_unet3d_config(shapes, "", base)
+    with torch.device("meta"):
+        unet = UNet3DConditionModel(**unet_config)
+    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unknown = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
+    if missing or unknown or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unknown", unknown), ("mis-shaped", wrong)):
+            if keys:
+                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+                parts.append(f"{label} keys: {shown}")
+        raise CheckpointError(f"{path}: not a diffusers UNet3DConditionModel state dict ({'; '.join(parts)}); {_FIX}")
+    unet.load_state_dict({k: state[k].to(device=device, dtype=dtype) for k in expected}, strict=True, assign=True)
+    del state
+    unet.eval().requires_grad_(False)
+    return unet
+
+
+def make_scheduler(scheduler_config: dict):
+    """DPM-Solver++ (order 2) built from the DDIM-style config, as the official stage 1 does."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+
+
+@torch.no_grad()
+def generate_first_chunk(unet, model, prompt: str, negative_prompt: str = "", steps: int = DEFAULTS["steps"],
+                         guidance: float = DEFAULTS["guidance"], seed: int = 33,
+                         num_frames: int = DEFAULTS["frames"], height: Optional[int] = None,
+                         width: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                         on_step: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """Text to the first chunk: (num_frames, 3, H, W) float32 in [0, 1] on the CPU.
+
+    `model` is the stage-2 StreamingT2V model (its text encoder, tokenizer, VAE and scheduler config).
+    The initial latents come from a CPU generator seeded with `seed` (or `generator`), so a seed gives
+    the same video on any device. `on_step(step, steps)` runs after each solver step (1-based)."""
+    height = height or model.config.height
+    width = width or model.config.width
+    scale = model.config.vae_scale_factor
+    if height % scale or width % scale:
+        raise ValueError(f"height/width {height}x{width}: must be multiples of {scale} (the VAE's downscale)")
+    device, dtype = unet.device, unet.dtype
+    text = model.encode_prompt([negative_prompt, prompt]).to(device, dtype)  # [uncond, cond]
+    if generator is None:
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+    shape = (1, model.config.latent_channels, num_frames, height // scale, width // scale)
+    scheduler = make_scheduler(model.config.scheduler)
+    scheduler.set_timesteps(steps, device=device)
+    latents = (torch.randn(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma).to(device)
+    b, c, f, h, w = shape
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        eps = unet(x.to(dtype), t, encoder_hidden_states=text).sample.float()
+        eps_u, eps_c = eps.chunk(2)
+        eps = cfg(eps_c, eps_u, guidance)
+        # the pipeline steps on (B*F, C, h, w), as diffusers' TextToVideoSDPipeline does
+        flat = lambda z: z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # noqa: E731
+        latents = scheduler.step(flat(eps), t, flat(latents)).prev_sample
+        latents = latents.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+        if on_step is not None:
+            on_step(i + 1, len(scheduler.timesteps))
+    frames = model.decode_latents(latents.to(model.dtype))[0]
+    return frames.float().cpu()
