@@ -3,22 +3,19 @@ from __future__ import annotations
 
 import logging
 
-import comfy.model_management as mm
-import comfy.utils
-import torch
-import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
-from .errors import oom_advice
-from .loader import DTYPE_NAMES
-from .stream import SEED_MAX, preview
-from .types import ModelScopeUNet, Stream, StreamingT2VModel, StreamState, frames_to_image, image_to_frames
+from ..comfy_bridge.run import heavy_run
+from ..streamingt2v_core.common.dtypes import dtype_name
+from ..streamingt2v_core.common.frames import FIT_MODES, fit_frames
+from .types import (OFFICIAL_CONFIG, SEED_MAX, ModelScopeUNet, Stream, StreamingT2VModel, StreamState,
+                    frames_to_image, image_to_frames)
 
 log = logging.getLogger("StreamingT2V")
 
-MIN_FRAMES = 8  # the CAM reads the last 8 frames
+MIN_FRAMES = OFFICIAL_CONFIG.min_stream_frames  # the CAM reads the last 8; a loaded model's config decides
 MAX_SIZE = 4096
-RESIZE_MODES = ["center crop", "stretch"]
+RESIZE_MODES = list(FIT_MODES)  # "center crop", "stretch"
 
 
 def size_inputs() -> list:
@@ -39,22 +36,6 @@ def size_problem(width, height, multiple: int = 8) -> str | None:
 def _target_size(model, width: int, height: int) -> tuple:
     cfg = model.module.config
     return (width or cfg.width), (height or cfg.height)
-
-
-def resize_frames(image: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
-    """IMAGE [N, H, W, 3] to [N, height, width, 3]: 'center crop' keeps the aspect ratio (scale to cover,
-    crop the middle), 'stretch' does not. Bicubic with antialiasing, clamped to [0, 1]."""
-    x = image_to_frames(image)
-    h, w = x.shape[-2:]
-    if mode == "center crop":
-        scale = max(height / h, width / w)
-        sh, sw = max(height, round(h * scale)), max(width, round(w * scale))
-        x = F.interpolate(x, size=(sh, sw), mode="bicubic", antialias=True, align_corners=False)
-        top, left = (sh - height) // 2, (sw - width) // 2
-        x = x[..., top:top + height, left:left + width]
-    else:
-        x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-    return frames_to_image(x.clamp(0, 1))
 
 
 class StreamingT2VInitFromText(io.ComfyNode):
@@ -88,30 +69,19 @@ class StreamingT2VInitFromText(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, t2v_unet, prompt, negative_prompt, steps, guidance, seed, width=0, height=0) -> io.NodeOutput:
-        from ..streamingt2v_core.init_t2v import DEFAULTS, generate_first_chunk
+        from ..streamingt2v_core.t2v.init_modelscope import DEFAULTS, generate_first_chunk
 
         if size_problem(width, height):
             raise ValueError(size_problem(width, height))
         width, height = _target_size(model, width, height)
-        pbar = comfy.utils.ProgressBar(steps)
-
-        def on_step(step, total):
-            mm.throw_exception_if_processing_interrupted()
-            pbar.update_absolute(step, total)
-
-        memory_settings = {"dtype": DTYPE_NAMES.get(t2v_unet.module.dtype, str(t2v_unet.module.dtype)),
-                           "size": f"{width}x{height}"}
-        try:
-            with oom_advice("StreamingT2VInitFromText", memory_settings):
-                st = model.on_device(t2v_unet)
-                frames = generate_first_chunk(t2v_unet.module, st, prompt, negative_prompt, steps=steps,
-                                              guidance=guidance, seed=seed, num_frames=DEFAULTS["frames"],
-                                              height=height, width=width, on_step=on_step)
-        except BaseException:
-            mm.soft_empty_cache()
-            raise
+        settings = {"dtype": dtype_name(t2v_unet.module.dtype), "size": f"{width}x{height}"}
+        with heavy_run("StreamingT2VInitFromText", settings, steps) as run:
+            st = model.on_device(t2v_unet)
+            frames = generate_first_chunk(t2v_unet.module, st, prompt, negative_prompt, steps=steps,
+                                          guidance=guidance, seed=seed, num_frames=DEFAULTS["frames"],
+                                          height=height, width=width, on_step=lambda done, _total: run.step(done))
         image = frames_to_image(frames)
-        pbar.update_absolute(steps, steps, preview(image[-1]))
+        run.show(image[-1])
         return io.NodeOutput(StreamState(chunks=(image,), prompts=(prompt,)), image)
 
 
@@ -122,12 +92,13 @@ class StreamingT2VInitFromFrames(io.ComfyNode):
             node_id="StreamingT2VInitFromFrames",
             display_name="Init From Frames (StreamingT2V)",
             category="StreamingT2V/init",
-            description="Starts a stream from any frames (at least 8: the CAM reads the last 8), e.g. a loaded "
-                        "video, to continue it. Frames are resized to the model's resolution.",
+            description=f"Starts a stream from any frames (at least {MIN_FRAMES}: the CAM reads the last "
+                        f"{MIN_FRAMES}), e.g. a loaded video, to continue it. Frames are resized to the model's "
+                        "resolution.",
             inputs=[
                 # lazy: the frame count is checked before the model is requested (loaded)
                 StreamingT2VModel.Input("model", lazy=True),
-                io.Image.Input("frames", tooltip="At least 8 frames; all of them become chunk 0 of the stream."),
+                io.Image.Input("frames", tooltip=f"At least {MIN_FRAMES} frames; all of them become chunk 0 of the stream."),
                 *size_inputs(),
                 io.Combo.Input("resize", options=RESIZE_MODES, default="center crop",
                                tooltip="center crop keeps the aspect ratio; stretch fills the frame."),
@@ -142,12 +113,13 @@ class StreamingT2VInitFromFrames(io.ComfyNode):
         return size_problem(width, height) or True
 
     @staticmethod
-    def input_problem(frames, width, height, resize) -> str | None:
-        """Why the inputs other than the model cannot be used (None: fine)."""
+    def input_problem(frames, width, height, resize, min_frames: int = MIN_FRAMES) -> str | None:
+        """Why the inputs other than the model cannot be used (None: fine). `min_frames`: what the model's
+        CAM reads (the official number until the model is there)."""
         n = int(frames.shape[0])
-        if n < MIN_FRAMES:
-            return (f"frames: {n} frame(s) given; the CAM continues from the last {MIN_FRAMES} frames, "
-                    f"so give at least {MIN_FRAMES} (e.g. a longer video or more images)")
+        if n < min_frames:
+            return (f"frames: {n} frame(s) given; the CAM continues from the last {min_frames} frames, "
+                    f"so give at least {min_frames} (e.g. a longer video or more images)")
         if size_problem(width, height):
             return size_problem(width, height)
         if resize not in RESIZE_MODES:
@@ -163,7 +135,9 @@ class StreamingT2VInitFromFrames(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, frames, width=0, height=0, resize="center crop") -> io.NodeOutput:
-        problem = cls.input_problem(frames, width, height, resize)
+        # model is None when check_lazy_status found a problem with the official number: it is not loaded
+        min_frames = MIN_FRAMES if model is None else model.module.config.min_stream_frames
+        problem = cls.input_problem(frames, width, height, resize, min_frames)
         if problem:
             raise ValueError(problem)
         n = int(frames.shape[0])
@@ -173,7 +147,7 @@ class StreamingT2VInitFromFrames(io.ComfyNode):
             image = frames[..., :3].float().cpu().contiguous()
             info = f"{n} frames at {w}x{h}, used as they are"
         else:
-            image = resize_frames(frames, width, height, resize)
+            image = frames_to_image(fit_frames(image_to_frames(frames), width, height, resize))
             info = f"{n} frames resized from {w}x{h} to {width}x{height} ({resize}) to match the model"
             log.warning("StreamingT2V: %s", info)
         return io.NodeOutput(StreamState(chunks=(image,), prompts=("",)), image, info, ui=ui.PreviewText(info))

@@ -1,4 +1,5 @@
-"""The pack's own socket types (only what ComfyUI has no type for) and the values they carry.
+"""Every socket type of the pack (only what ComfyUI has no type for), the values they carry, and the
+limits sockets share.
 
 Values are never mutated after a node returns them: ComfyUI caches node outputs and hands the same
 object to every consumer, so a node that extends a stream builds a new one.
@@ -10,12 +11,18 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
+from ..streamingt2v_core.t2v.config import StreamingT2VConfig
+
 StreamingT2VModel = io.Custom("STREAMINGT2V_MODEL")  # the stage-2 model (CAM, APM, text encoder, VAE)
 ModelScopeUNet = io.Custom("STREAMINGT2V_T2V_UNET")  # the stage-1 ModelScope text-to-video UNet
 APMAnchor = io.Custom("STREAMINGT2V_APM")  # the appearance anchor: APM tokens
 Stream = io.Custom("STREAMINGT2V_STREAM")  # a resumable video: frames so far, chunk boundaries, anchor
+RefinerModel = io.Custom("STREAMINGT2V_REFINER")  # the stage-3 enhancer (MS-Vid2Vid-XL or a diffusers T2V model)
 
-CHUNK_NEW_FRAMES = 8  # every CAM chunk is 16 frames; the first 8 regenerate the previous chunk's tail
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+# The official model's numbers, for what is shown before any model is loaded (tooltips, lazy checks);
+# a loaded model's own config decides when it runs.
+OFFICIAL_CONFIG = StreamingT2VConfig()
 
 
 @dataclass(frozen=True, eq=False)

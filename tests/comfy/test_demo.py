@@ -6,7 +6,7 @@ import sys
 
 import psutil
 
-from comfy_client import REPO_ROOT, read_video_info
+from tests.support.comfy_client import REPO_ROOT, read_video_info
 
 
 def run_demo(*args, timeout=600):

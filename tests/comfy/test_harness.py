@@ -1,7 +1,7 @@
 """The harness itself against the real server, with core nodes only: if these fail, every pack test would."""
 import numpy as np
 
-from comfy_client import (REPO_ROOT, ComfyClient, output_files, read_video_frames, read_video_info, status_str,
+from tests.support.comfy_client import (REPO_ROOT, ComfyClient, output_files, read_video_frames, read_video_info, status_str,
                           describe_failure)
 
 
@@ -64,7 +64,7 @@ def test_core_video_frame_count(comfy, tmp_path):
 
 def test_bad_value_rejected_with_node_errors(comfy):
     import pytest
-    from comfy_client import PromptRejected
+    from tests.support.comfy_client import PromptRejected
 
     graph = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 32, "batch_size": 1, "color": 0}},

@@ -1,15 +1,13 @@
 """The nodes' `memory` input in a real headless ComfyUI: "low vram" (parts offloaded between uses, feed-forwards
 in token chunks, one refiner chunk and guidance row per UNet call) gives the same frames as "max speed" (stage
 2 bit for bit, the refiner to float rounding), the node says which plan ran, and a bad mode is refused at validation. Which plan "auto" picks is decided by
-streamingt2v_core.memory.wants_low_memory (tests/unit/test_memory.py); on this CPU "auto" keeps everything."""
+streamingt2v_core.common.memory.plan (tests/unit/streamingt2v_core/common/memory/test_plan.py); on this CPU "auto" keeps everything."""
 from __future__ import annotations
 
 import numpy as np
 
-from comfy_client import ComfyClient
-from test_nodes_bad_input import rejected
-from test_nodes_refiner import images_graph
-from test_nodes_streaming import TINY_SIZE, run_ok, saved_frames, stream_graph
+from tests.support.comfy_client import ComfyClient
+from tests.support.graphs import TINY_SIZE, images_graph, rejected, run_ok, saved_frames, stream_graph
 
 
 def node_text(entry: dict, node: str) -> str:

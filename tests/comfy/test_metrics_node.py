@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comfy_client import ComfyClient, describe_failure, status_str
-from test_nodes_streaming import stream_graph
+from tests.support.comfy_client import ComfyClient, describe_failure, status_str
+from tests.support.graphs import stream_graph
 
 SHIFT = 2  # pixels per frame the texture moves
 SIZE = 128

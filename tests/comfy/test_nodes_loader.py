@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_client import ComfyClient
-from test_nodes_streaming import run_ok, saved_frames, stream_graph
+from tests.support.comfy_client import ComfyClient
+from tests.support.graphs import run_ok, saved_frames, stream_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 

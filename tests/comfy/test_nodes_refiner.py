@@ -1,4 +1,4 @@
-"""The refiner nodes in a real headless ComfyUI (fixtures: tests/comfy/server_fixtures.py): the shipped
+"""The refiner nodes in a real headless ComfyUI (fixtures: tests/support/server_fixtures.py): the shipped
 refine_video workflow (text -> stream -> assemble -> refine -> CreateVideo -> SaveVideo) on tiny models,
 frame counts the official chunking would cut short, and bad input.
 
@@ -12,16 +12,10 @@ import json
 import numpy as np
 import pytest
 
-from comfy_client import read_video_info
-from test_nodes_bad_input import failed_before_work, no_new_output, rejected  # noqa: F401 (fixture)
-from test_nodes_streaming import TINY_SIZE, WORKFLOWS, fast, run_ok, run_watched, saved_frames, the_mp4
-
-REFINER = "tiny_ms_vid2vid"
-CANVAS_HW = (80, 128)      # tiny_v2v_config.json video.pixel_hw
-CONTENT = 80               # 64x64 fitted into 80x128 -> 80x80
-REFINE_STEPS = 2
-OFFICIAL = {"strength_step": 600, "steps": 30, "guidance": 7.5, "rescale": 0.2, "chunk": 24, "overlap": 8}
-INPUT_COLOR = 0x3366CC
+from tests.support.comfy_client import read_video_info
+from tests.support.graphs import (CANVAS_HW, CONTENT, INPUT_COLOR, OFFICIAL, REFINER, REFINE_STEPS,  # noqa: F401 (fixture)
+                                  WORKFLOWS, failed_before_work, fast, images_graph, no_new_output, rejected, run_ok,
+                                  run_watched, saved_frames, the_mp4)
 
 EXPECTED_INPUTS = {
     "LoadStreamingT2VRefiner": ["refiner_name", "dtype"],
@@ -41,26 +35,6 @@ def refine_workflow(frames_to_add: int = 8, refine_steps: int = REFINE_STEPS) ->
             node["inputs"]["steps"] = refine_steps
         if node["class_type"] in ("LoadStreamingT2V", "LoadModelScopeT2V", "LoadStreamingT2VRefiner"):
             node["inputs"]["dtype"] = "fp32"
-    return g
-
-
-def images_graph(frames: int, width: int = TINY_SIZE, height: int = TINY_SIZE, prefix: str = "video/st2v_refine",
-                 pngs: bool = False, **refine) -> dict:
-    """EmptyImage frames -> RandomizedBlendRefiner -> CreateVideo -> SaveVideo (no stage 2)."""
-    g = {
-        "1": {"class_type": "LoadStreamingT2VRefiner", "inputs": {"refiner_name": REFINER, "dtype": "fp32"}},
-        "2": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": frames,
-                                                      "color": INPUT_COLOR}},
-        "3": {"class_type": "RandomizedBlendRefiner", "inputs": {
-            "refiner": ["1", 0], "images": ["2", 0], "prompt": "a test video", "negative_prompt": "",
-            **dict(OFFICIAL, steps=REFINE_STEPS), "seed": 5, "output": "crop to content", **refine}},
-        "4": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": 8.0}},
-        "5": {"class_type": "SaveVideo", "inputs": {"video": ["4", 0], "filename_prefix": prefix, "format": "mp4",
-                                                    "codec": "h264"}},
-    }
-    if pngs:
-        g["6"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0],
-                                                        "filename_prefix": prefix.replace("video/", "frames/")}}
     return g
 
 

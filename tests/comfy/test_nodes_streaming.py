@@ -1,4 +1,4 @@
-"""The init and streaming nodes in a real headless ComfyUI (fixtures: tests/comfy/server_fixtures.py):
+"""The init and streaming nodes in a real headless ComfyUI (fixtures: tests/support/server_fixtures.py):
 the node definitions, every API workflow in workflows/, frame counts, seeds, interrupt, caching, progress.
 
 The tiny models run at 64x64; steps are cut to 2 in every prompt so the suite stays fast on 2 cores."""
@@ -6,19 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from comfy_client import ComfyClient, describe_failure, messages, output_files, read_video_info, status_str
-
-ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = ROOT / "workflows"
-TINY_SIZE = 64  # the tiny model's resolution
-STEPS = 2
-CONTINUE_INPUT = "streamingt2v_continue_example.mp4"
-CONTINUE_INPUT_FRAMES = 24
+from tests.support.comfy_client import ComfyClient, describe_failure, messages, output_files, read_video_info, status_str
+from tests.support.graphs import (CONTINUE_INPUT_FRAMES, TINY_SIZE, WORKFLOWS, continue_input,  # noqa: F401 (fixture)
+                                  fast, run_ok, run_watched, saved_frames, stream_graph, the_mp4)
 
 # Node ids and input order are a contract with saved workflows: add inputs at the end only.
 EXPECTED_INPUTS = {
@@ -52,98 +46,6 @@ EXPECTED_WORKFLOW_FRAMES = {
     "continue_video": CONTINUE_INPUT_FRAMES + 32,
     "story_prompts": 16 + 32,
 }
-
-
-def fast(graph: dict, steps: int = STEPS) -> dict:
-    """A copy of an API prompt with every `steps` input cut down."""
-    g = copy.deepcopy(graph)
-    for node in g.values():
-        if "steps" in node["inputs"]:
-            node["inputs"]["steps"] = steps
-    return g
-
-
-def stream_graph(frames_to_add=16, seed=33, steps=STEPS, init_frames=16, prefix="video/st2v_test", pngs=False,
-                 **extend):
-    """EmptyImage frames -> init from frames -> CAMExtendChunk -> ChunkAssembler -> SaveVideo (no stage 1);
-    with `pngs`, the frames are also saved losslessly (SaveImage) for exact comparisons."""
-    g = {
-        "1": {"class_type": "LoadStreamingT2V", "inputs": {"ckpt_name": "tiny_streamingt2v.safetensors", "dtype": "fp32"}},
-        "2": {"class_type": "EmptyImage", "inputs": {"width": TINY_SIZE, "height": TINY_SIZE, "batch_size": init_frames,
-                                                      "color": 0x3366CC}},
-        "3": {"class_type": "StreamingT2VInitFromFrames", "inputs": {"model": ["1", 0], "frames": ["2", 0], "width": 0,
-                                                                     "height": 0, "resize": "center crop"}},
-        "4": {"class_type": "CAMExtendChunk", "inputs": {"model": ["1", 0], "stream": ["3", 0], "prompt": "a test video",
-                                                         "negative_prompt": "", "frames_to_add": frames_to_add,
-                                                         "steps": steps, "guidance": 7.5, "eta": 1.0, "seed": seed,
-                                                         "per_line_prompts": False, **extend}},
-        "5": {"class_type": "ChunkAssembler", "inputs": {"stream": ["4", 0], "fps": 8.0}},
-        "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 2], "filename_prefix": prefix, "format": "mp4",
-                                                    "codec": "h264"}},
-    }
-    if pngs:
-        g["9"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix.replace("video/", "frames/")}}
-    return g
-
-
-def run_ok(client: ComfyClient, graph: dict, timeout: float = 600) -> dict:
-    entry = client.run(graph, timeout=timeout)
-    assert status_str(entry) == "success", describe_failure(entry)
-    return entry
-
-
-def run_watched(client: ComfyClient, graph: dict, node: str, timeout: float = 600) -> tuple[list[dict], list]:
-    """Run a prompt (on a client id of its own) while listening: the websocket `progress` messages of `node`,
-    and the (format, PIL image) of every preview image sent meanwhile."""
-    client = ComfyClient(client.url)  # previews carry no prompt id: a fresh client id sees only this prompt's
-    with client.listen() as ws:
-        pid = client.post_prompt(graph)
-        entry = client.wait(pid, timeout=timeout)
-        assert status_str(entry) == "success", describe_failure(entry)
-        ws.wait_for("execution_success", pid, timeout=30)  # the socket has delivered everything before it
-        progress = [d for d in ws.of_type("progress", pid) if d.get("node") == node]
-        previews = ws.previews()
-    return progress, previews
-
-
-def the_mp4(client: ComfyClient, entry: dict, dest: Path) -> Path:
-    paths = [p for p in client.download_outputs(entry, dest) if p.suffix == ".mp4"]
-    assert len(paths) == 1, f"expected one mp4, got {paths}"
-    return paths[0]
-
-
-def saved_frames(client: ComfyClient, entry: dict, dest: Path) -> np.ndarray:
-    """The frames SaveImage wrote (PNG: exact up to ComfyUI's 8-bit rounding), in order, (T, H, W, 3) uint8."""
-    from PIL import Image
-
-    paths = sorted(p for p in client.download_outputs(entry, dest) if p.suffix == ".png")
-    assert paths, "no PNG frames in the outputs"
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-
-
-def write_input_video(path: Path, frames: int, width: int, height: int) -> None:
-    import av
-
-    rng = np.random.default_rng(0)
-    with av.open(str(path), mode="w") as c:
-        s = c.add_stream("libx264", rate=8)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            img = np.clip(rng.normal(128, 40, (height, width, 3)) + i * 3, 0, 255).astype(np.uint8)
-            for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
-
-
-@pytest.fixture(scope="module")
-def continue_input(comfy_server) -> Path:
-    """The example video the continue_video workflow loads, in the server's input folder (not square, not
-    64x64, so the init node resizes it)."""
-    path = comfy_server.input_dir / CONTINUE_INPUT
-    if not path.exists():
-        write_input_video(path, CONTINUE_INPUT_FRAMES, 96, 80)
-    return path
 
 
 def test_object_info_lists_every_node_with_inputs_in_order(comfy_server, comfy):

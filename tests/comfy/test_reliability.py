@@ -1,4 +1,4 @@
-"""Reliability and security through a real headless ComfyUI (fixtures: tests/comfy/server_fixtures.py).
+"""Reliability and security through a real headless ComfyUI (fixtures: tests/support/server_fixtures.py).
 
 Malicious and broken model files, names that leave the models folder, output prefixes that leave the
 output folder, 20 random interrupts with the server's host memory measured, a simulated out-of-memory
@@ -17,16 +17,18 @@ import os
 import pickle
 import random
 import shutil
+import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from comfy_client import (REPO_ROOT, ComfyClient, ComfyServer, PromptRejected, describe_failure, execution_error,
+from tests.support.comfy_client import (REPO_ROOT, ComfyClient, ComfyServer, PromptRejected, describe_failure, execution_error,
                           messages, status_str, write_extra_model_paths)
-from test_nodes_streaming import WORKFLOWS, continue_input, fast, run_ok, stream_graph  # noqa: F401 (fixture)
+from tests.support.graphs import WORKFLOWS, continue_input, fast, run_ok, stream_graph  # noqa: F401 (fixture)
 
 TINY_CKPT = "tiny_streamingt2v.safetensors"
 TINY_UNET = "tiny_modelscope_t2v.safetensors"
@@ -38,9 +40,10 @@ SEED_MAX = 2 ** 64 - 1
 
 # -- helpers ----------------------------------------------------------------------------------------
 
-def errors_module():
-    """nodes/errors.py loaded on its own (the nodes package imports ComfyUI, which this process lacks)."""
-    spec = importlib.util.spec_from_file_location("st2v_nodes_errors", REPO_ROOT / "nodes" / "errors.py")
+def bridge_module(name: str):
+    """comfy_bridge/<name>.py loaded on its own (the pack's packages import ComfyUI, which this process lacks;
+    these modules import no other module of the pack)."""
+    spec = importlib.util.spec_from_file_location(f"st2v_bridge_{name}", REPO_ROOT / "comfy_bridge" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -176,7 +179,7 @@ def with_ckpt(seed: int, name: str) -> dict:
 
 
 def test_pickle_that_would_run_code_is_refused_and_runs_nothing(server_alive, comfy, plant, tmp_path):
-    """checkpoint.py reads .ckpt with weights_only, then a restricted unpickler that turns every foreign
+    """common/weights.py reads .ckpt with weights_only, then a restricted unpickler that turns every foreign
     global into an inert stand-in: a pickle that is only a payload holds no state_dict, so the loader
     refuses it (CheckpointError naming the file and the fix) and the payload never runs."""
     marker = tmp_path / "PICKLE_RAN"
@@ -438,9 +441,9 @@ def test_out_of_memory_in_a_chunk_names_the_settings_and_the_next_prompt_runs(oo
 
 
 def test_oom_advice_converts_only_out_of_memory_errors(monkeypatch):
-    """nodes/errors.py on its own: OOM (accelerator or CPU allocator) becomes the advised error after memory
+    """comfy_bridge/oom.py on its own: OOM (accelerator or CPU allocator) becomes the advised error after memory
     is freed; any other error passes through as the same object; unknown setting names fail at once."""
-    errors = errors_module()
+    errors = bridge_module("oom")
     freed = []
     monkeypatch.setattr(errors, "free_after_oom", lambda: freed.append(1))
     settings = {"dtype": "torch.float32", "chunk": 24, "frames": 1200}
@@ -473,8 +476,10 @@ def test_oom_advice_converts_only_out_of_memory_errors(monkeypatch):
         errors.simulate_oom_for_tests(2)
 
 
-def test_model_name_problem_accepts_subfolders_and_refuses_escapes():
-    problem = errors_module().model_name_problem
+def test_model_name_problem_accepts_subfolders_and_refuses_escapes(monkeypatch):
+    # the name check reads no folder: an empty stand-in for ComfyUI's folder_paths serves
+    monkeypatch.setitem(sys.modules, "folder_paths", types.ModuleType("folder_paths"))
+    problem = bridge_module("models").model_name_problem
     for ok in ("tiny.safetensors", "sub/dir/tiny.ckpt", "a..b.safetensors", "converted_folder"):
         assert problem("ckpt_name", ok, "streamingt2v") is None, ok
     for bad in ("../x.ckpt", "a/../../x", "/etc/passwd", "C:\\models\\x.ckpt", "..\\x", "..", "x\0y", ""):

@@ -1,4 +1,4 @@
-"""Out-of-memory handling for the pack's long-running nodes.
+"""Out-of-memory handling for the pack's long-running nodes (run.heavy_run uses it for every heavy node).
 
 `oom_advice(node, settings)` wraps the heavy part of a node (or `advise_out_of_memory(exc, node, settings)`
 in an existing `except` clause): when torch runs out of memory (accelerator,
@@ -7,11 +7,11 @@ of this run that lower memory. Nothing else is caught; the error always propagat
 it as `execution_error` (ComfyUI also unloads every model on an OOM error: our error derives from
 torch.OutOfMemoryError, so that path runs too).
 
-`model_name_problem(input_name, name, folder)` refuses model names that leave their models folder (an
-absolute path or a `..` component) before any lookup; names of symlinks inside the folder stay valid.
-
 `simulate_oom_for_tests(chunk_index)` is a test seam: it raises torch's OOM error inside the chunk loop
 only when the environment variable STREAMINGT2V_TEST_OOM_AT_CHUNK is set (to the 0-based chunk index).
+run.HeavyRun installs it as its step hook only when the variable is set, so production steps never see it.
+
+Imports nothing of ComfyUI at module level, so tests can load it without a running ComfyUI.
 """
 from __future__ import annotations
 
@@ -99,18 +99,9 @@ def oom_advice(node: str, settings: Mapping[str, object]) -> Iterator[None]:
         raise
 
 
-def model_name_problem(input_name: str, name, folder: str) -> str | None:
-    """Why `name` cannot be a model name in models/`folder` (None: it can). ComfyUI users symlink model
-    files and folders into models/ on purpose, so a symlink inside the folder is fine; what is refused is
-    a name that itself points elsewhere: absolute, a drive, a `..` component, a NUL byte."""
-    if not isinstance(name, str) or not name:
-        return f"{input_name}: no model name given; pick one from models/{folder}"
-    parts = name.replace("\\", "/").split("/")
-    if "\0" in name or name.startswith(("/", "\\")) or os.path.isabs(name) or (len(name) > 1 and name[1] == ":") \
-            or ".." in parts:
-        return (f"{input_name}: '{name}' points outside models/{folder} (absolute paths and '..' are not "
-                f"allowed); pick a name from the list, or put the file (or a symlink to it) into models/{folder}")
-    return None
+def oom_test_seam_set() -> bool:
+    """Whether the OOM test seam is on (STREAMINGT2V_TEST_OOM_AT_CHUNK set): read when a run starts."""
+    return bool(os.environ.get(OOM_TEST_ENV))
 
 
 def simulate_oom_for_tests(chunk_index: int) -> None:

@@ -1,27 +1,23 @@
 """Stage 2 nodes: the APM anchor and the autoregressive CAM extension loop."""
 from __future__ import annotations
 
-import contextlib
 import logging
 
-import comfy.model_management as mm
-import comfy.utils
 import torch
-from comfy.cli_args import args
 from comfy_api.latest import io, ui
-from PIL import Image
 
-from ..streamingt2v_core.memory import (FEED_FORWARD_CHUNK, MEMORY_MODES, OFFLOAD_PARTS, low_memory,
-                                        memory_mode_problem, wants_low_memory)
-from .errors import oom_advice, simulate_oom_for_tests
-from .loader import DTYPE_NAMES
-from .types import (CHUNK_NEW_FRAMES, APMAnchor, Anchor, Stream, StreamingT2VModel, StreamState, frames_to_image,
-                    image_to_frames)
+from ..comfy_bridge.memory import applied_on, plan_on
+from ..comfy_bridge.run import heavy_run
+from ..streamingt2v_core.common.dtypes import dtype_name
+from ..streamingt2v_core.common.memory import FEED_FORWARD_CHUNK, MEMORY_MODES, memory_mode_problem
+from ..streamingt2v_core.t2v.extend import chunk_prompts, split_prompts
+from .types import (OFFICIAL_CONFIG, SEED_MAX, APMAnchor, Anchor, Stream, StreamingT2VModel, StreamState,
+                    frames_to_image, image_to_frames)
 
 log = logging.getLogger("StreamingT2V")
 
 MAX_FRAMES_TO_ADD = 100_000
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
+NEW_FRAMES = OFFICIAL_CONFIG.new_frames_per_chunk  # for tooltips; a loaded model's config decides when it runs
 MEMORY_TOOLTIP = ("auto: everything on the device when it fits, else low vram. max speed: everything on the device. "
                   "low vram: text and image encoders, resampler and VAE visit the device only while they run, "
                   "feed-forwards run in token chunks (same frames, less memory, some speed lost).")
@@ -35,24 +31,6 @@ def encode_anchor(model, image: torch.Tensor, source: str) -> Anchor:
     """IMAGE [1, H, W, 3] in [0, 1] to APM tokens (the official anchor is a frame in [-1, 1])."""
     tokens = model.encode_anchor(image_to_frames(image) * 2 - 1)
     return Anchor(tokens=tokens.float().cpu(), image=image.float().cpu().contiguous(), source=source)
-
-
-def split_prompts(prompt: str, per_line: bool) -> list:
-    """One prompt, or the non-empty lines of `prompt` when `per_line` is on."""
-    if not per_line:
-        return [prompt]
-    return [line.strip() for line in prompt.splitlines() if line.strip()]
-
-
-def chunk_prompts(prompts: list, num_chunks: int) -> list:
-    """Prompt of each chunk: line i for chunk i; the last line carries on when there are more chunks."""
-    return [prompts[min(i, len(prompts) - 1)] for i in range(num_chunks)]
-
-
-def preview(image: torch.Tensor):
-    """A ProgressBar preview of one IMAGE frame [H, W, 3]."""
-    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return ("JPEG", Image.fromarray(pixels), args.preview_size)
 
 
 class AnchorFrameAPM(io.ComfyNode):
@@ -110,8 +88,9 @@ class CAMExtendChunk(io.ComfyNode):
             node_id="CAMExtendChunk",
             display_name="CAM Extend (StreamingT2V)",
             category="StreamingT2V/sampling",
-            description="Extends a stream chunk by chunk: each 16-frame chunk is denoised with the CAM reading "
-                        "the last 8 frames so far and the APM holding the anchor; 8 frames are new per chunk. "
+            description=f"Extends a stream chunk by chunk: each {OFFICIAL_CONFIG.chunk_frames}-frame chunk is denoised "
+                        f"with the CAM reading the last {OFFICIAL_CONFIG.cond_frames} frames so far and the APM "
+                        f"holding the anchor; {NEW_FRAMES} frames are new per chunk. "
                         "Official defaults: DDIM 50 steps, eta 1, guidance 7.5, seed 33.",
             inputs=[
                 # lazy: requested only once the stream exists and the cheap checks pass (no load for bad input)
@@ -122,7 +101,7 @@ class CAMExtendChunk(io.ComfyNode):
                                         "(the last line carries on)."),
                 io.String.Input("negative_prompt", multiline=True, default=""),
                 io.Int.Input("frames_to_add", default=64, min=1, max=MAX_FRAMES_TO_ADD,
-                             tooltip="Rounded up to whole chunks of 8 new frames."),
+                             tooltip=f"Rounded up to whole chunks of {NEW_FRAMES} new frames."),
                 io.Int.Input("steps", default=50, min=1, max=1000),
                 io.Float.Input("guidance", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
                 io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.01,
@@ -142,112 +121,87 @@ class CAMExtendChunk(io.ComfyNode):
                      io.String.Output("info", display_name="info")],
         )
 
-    @classmethod
-    def validate_inputs(cls, frames_to_add=64, prompt="", per_line_prompts=False, memory="auto"):
-        # Linked inputs arrive as None here; execute checks them again.
+    @staticmethod
+    def input_problem(frames_to_add, prompt, per_line_prompts, memory) -> str | None:
+        """Why the inputs other than the model and stream cannot be used (None: fine). Linked inputs arrive
+        as None at validation; execute checks them again."""
         if memory is not None and memory_mode_problem(memory):
             return memory_mode_problem(memory)
         if frames_to_add is not None and not 1 <= frames_to_add <= MAX_FRAMES_TO_ADD:
             return (f"frames_to_add: {frames_to_add} frames cannot be added; give 1 to {MAX_FRAMES_TO_ADD} "
-                    f"(rounded up to whole chunks of {CHUNK_NEW_FRAMES})")
-        if prompt is not None and per_line_prompts and not split_prompts(prompt, True):
+                    f"(rounded up to whole chunks of {NEW_FRAMES})")
+        if prompt is not None and not split_prompts(prompt, per_line_prompts):
             return EMPTY_PROMPT_LIST
-        return True
+        return None
 
     @classmethod
-    def check_lazy_status(cls, model=None, prompt=None, frames_to_add=64, per_line_prompts=False, **_inputs):
-        empty = prompt is not None and not split_prompts(prompt, per_line_prompts)
-        if model is not None or frames_to_add < 1 or empty:
-            return []  # bad input fails in execute without the model
+    def validate_inputs(cls, frames_to_add=64, prompt="", per_line_prompts=False, memory="auto"):
+        return cls.input_problem(frames_to_add, prompt, per_line_prompts, memory) or True
+
+    @classmethod
+    def check_lazy_status(cls, model=None, prompt=None, frames_to_add=64, per_line_prompts=False, memory="auto",
+                          **_inputs):
+        # bad input fails in execute without the model: the loader is never run for it
+        if model is not None or cls.input_problem(frames_to_add, prompt, per_line_prompts, memory):
+            return []
         return ["model"]
 
     @classmethod
     def execute(cls, model, stream: StreamState, prompt, negative_prompt, frames_to_add, steps, guidance, eta,
                 seed, per_line_prompts, anchor: Anchor | None = None, memory="auto") -> io.NodeOutput:
-        from ..streamingt2v_core.streaming import chunks_for_frames, extend_video
+        from ..streamingt2v_core.t2v.extend import chunks_for_frames, extend_video, stream_problem
+        from ..streamingt2v_core.t2v.memory import OFFLOAD_PARTS, chunk_need_bytes
 
-        # Cheap checks first: nothing heavy runs on bad input.
-        if frames_to_add < 1:
-            raise ValueError(f"frames_to_add: {frames_to_add}; add at least 1 frame "
-                             f"(rounded up to whole chunks of {CHUNK_NEW_FRAMES})")
+        # Cheap checks first: nothing heavy runs (and no model loads) on bad input.
+        problem = cls.input_problem(frames_to_add, prompt, per_line_prompts, memory)
+        if problem:
+            raise ValueError(problem)
         prompts = split_prompts(prompt, per_line_prompts)
-        if not prompts:
-            raise ValueError(EMPTY_PROMPT_LIST)
         cfg = model.module.config
-        if stream.num_frames < cfg.cond_frames:
-            raise ValueError(f"stream: {stream.num_frames} frames, the CAM needs the last {cfg.cond_frames}; "
-                             f"start from at least {cfg.cond_frames} frames")
-        sf = cfg.vae_scale_factor
-        if stream.height % sf or stream.width % sf:
-            raise ValueError(f"stream: frames are {stream.width}x{stream.height}; width and height must be "
-                             f"divisible by {sf}: resize them in the init node")
-        num_chunks = chunks_for_frames(frames_to_add, CHUNK_NEW_FRAMES)
-        added = num_chunks * CHUNK_NEW_FRAMES
+        problem = stream_problem(cfg, stream.num_frames, stream.height, stream.width)
+        if problem:
+            raise ValueError(problem)
+        if anchor is not None and anchor.tokens.shape[-1] != cfg.context_dim:
+            raise ValueError(f"anchor: APM tokens of width {anchor.tokens.shape[-1]}, this model needs "
+                             f"{cfg.context_dim}; make the anchor with the same model")
+        new_frames = cfg.new_frames_per_chunk
+        num_chunks = chunks_for_frames(frames_to_add, new_frames)
+        added = num_chunks * new_frames
         per_chunk = chunk_prompts(prompts, num_chunks)
-        notes = [f"frames_to_add {frames_to_add} -> {num_chunks} chunk(s) x {CHUNK_NEW_FRAMES} new frames = "
+        notes = [f"frames_to_add {frames_to_add} -> {num_chunks} chunk(s) x {new_frames} new frames = "
                  f"{added} frames" + (" (rounded up to whole chunks)" if added != frames_to_add else "")]
         if per_line_prompts and len(prompts) != num_chunks:
             notes.append(f"{len(prompts)} prompt line(s) for {num_chunks} chunk(s): "
                          + ("the last line carries on" if len(prompts) < num_chunks
                             else f"lines after {num_chunks} are not used"))
 
-        total = num_chunks * steps
-        pbar = comfy.utils.ProgressBar(total)
-        done = [0]
-        new_chunks = []
-
-        def on_step(_step, _total):
-            mm.throw_exception_if_processing_interrupted()
-            done[0] += 1
-            simulate_oom_for_tests((done[0] - 1) // steps)  # no-op unless the OOM test seam is set
-            pbar.update_absolute(done[0], total)
-
-        def on_chunk(index, frames):
-            image = frames_to_image(frames)  # CPU at once: the accelerator holds one chunk at most
-            new_chunks.append(image)
-            pbar.update_absolute(done[0], total, preview(image[-1]))
-            log.info("StreamingT2V: chunk %d/%d done (%d frames so far)", index + 1, num_chunks,
-                     stream.num_frames + CHUNK_NEW_FRAMES * (index + 1))
-
-        if memory_mode_problem(memory):  # before the model loads
-            raise ValueError(memory_mode_problem(memory))
-        if anchor is not None and anchor.tokens.shape[-1] != cfg.context_dim:
-            raise ValueError(f"anchor: APM tokens of width {anchor.tokens.shape[-1]}, this model needs "
-                             f"{cfg.context_dim}; make the anchor with the same model")
-        memory_settings = {"dtype": DTYPE_NAMES.get(model.module.dtype, str(model.module.dtype)),
-                           "size": f"{stream.width}x{stream.height}", "frames_to_add": frames_to_add}
+        settings = {"dtype": dtype_name(model.module.dtype), "size": f"{stream.width}x{stream.height}",
+                    "frames_to_add": frames_to_add}
         if memory != "low vram":
-            memory_settings["memory"] = memory
-        try:
-            with oom_advice("CAMExtendChunk", memory_settings):
-                need = _memory_estimate(cfg, stream)
-                st = model.on_device(memory_required=need)
-                low = wants_low_memory(memory, not mm.is_device_cpu(st.device), mm.get_free_memory(st.device), need)
-                notes.append("memory: " + (LOW_STAGE2 if low else "all parts on the device"))
-                plan = (low_memory(st, st.device, OFFLOAD_PARTS, offload_device=mm.unet_offload_device()) if low
-                        else contextlib.nullcontext())
-                with plan:
-                    if anchor is None:
-                        anchor = stream.anchor or encode_anchor(st, stream.frame(0), "frame 0 of the stream")
-                    extend_video(st, stream.tail(cfg.cond_frames), num_chunks, per_chunk, negative_prompt,
-                                 anchor_tokens=anchor.tokens, steps=steps, guidance=guidance, eta=eta, seed=seed,
-                                 on_step=on_step, on_chunk=on_chunk)
-        except BaseException:  # interrupt, OOM, anything: free the accelerator, then let ComfyUI report it
-            mm.soft_empty_cache()
-            raise
+            settings["memory"] = memory
+        new_chunks = []
+        with heavy_run("CAMExtendChunk", settings, num_chunks * steps, steps_per_chunk=steps) as run:
+            def on_chunk(index, frames):
+                image = frames_to_image(frames)  # CPU at once: the accelerator holds one chunk at most
+                new_chunks.append(image)
+                run.show(image[-1])
+                log.info("StreamingT2V: chunk %d/%d done (%d frames so far)", index + 1, num_chunks,
+                         stream.num_frames + new_frames * (index + 1))
+
+            need = chunk_need_bytes(cfg, stream.height, stream.width)
+            st = model.on_device(memory_required=need)
+            plan, _free = plan_on(st.device, memory, need, parts=OFFLOAD_PARTS)
+            notes.append("memory: " + (LOW_STAGE2 if plan.low else "all parts on the device"))
+            with applied_on(plan, st, st.device):
+                if anchor is None:
+                    anchor = stream.anchor or encode_anchor(st, stream.frame(0), "frame 0 of the stream")
+                extend_video(st, stream.tail(cfg.cond_frames), num_chunks, per_chunk, negative_prompt,
+                             anchor_tokens=anchor.tokens, steps=steps, guidance=guidance, eta=eta, seed=seed,
+                             on_step=lambda done, _total: run.step(done), on_chunk=on_chunk)
         notes.append(f"stream: {stream.num_frames} -> {stream.num_frames + added} frames; anchor: {anchor.source}")
         info = "\n".join(notes)
         log.info("StreamingT2V: %s", info.replace("\n", "; "))
         return io.NodeOutput(stream.extended(new_chunks, per_chunk, anchor), info, ui=ui.PreviewText(info))
 
 
-def _memory_estimate(cfg, stream: StreamState) -> int:
-    """Activation memory for one guided chunk, scaled from 3 GB for the official 256x256 model: above the
-    peaks counted on the meta device (bench/README.md: a step 0.7 GiB with fused attention, 1.7 GiB with the
-    math kernel; decoding 8 frames 0.75 GiB), so `auto` offloads on 8 GB cards, where the margin is thin."""
-    pixels = stream.height * stream.width * cfg.chunk_frames
-    widest = max(cfg.unet["block_out_channels"])
-    return int(3 * 1024 ** 3 * pixels / (256 * 256 * 16) * widest / 1280)
-
-
-STREAM_NODES = [AnchorFrameAPM, CAMExtendChunk]
+EXTEND_NODES = [AnchorFrameAPM, CAMExtendChunk]
