@@ -2,10 +2,15 @@
 refiner rebuilt from its manifests (tools/make_tiny_refiner.py)."""
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 from tests.support.paths import REFINER_DATA
 from tools import make_tiny_refiner
+
+_OFFICIAL_FOLDERS: dict = {}  # the official-layout files, written and checked once per session
 
 
 def oracle_slices() -> dict:
@@ -20,4 +25,9 @@ def tiny_official(folder: Path):
     (each tensor checked against the manifest sha256), loaded."""
     from streamingt2v_core.enhancers.load import load_refiner
 
-    return load_refiner(make_tiny_refiner.write(folder, "official", check=True))
+    if "files" not in _OFFICIAL_FOLDERS:
+        build = Path(tempfile.mkdtemp(prefix="tiny_v2v_"))
+        atexit.register(shutil.rmtree, build, ignore_errors=True)
+        _OFFICIAL_FOLDERS["files"] = make_tiny_refiner.write(build, "official", check=True)
+    shutil.copytree(_OFFICIAL_FOLDERS["files"], folder, dirs_exist_ok=True)
+    return load_refiner(folder)

@@ -6,6 +6,9 @@ the official code with weights drawn by this rule (see tests/data/oracle/README.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+from pathlib import Path
 
 import torch
 
@@ -58,3 +61,28 @@ def content_hash(state: dict) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+# Content hash of the oracle's tiny StreamingT2V checkpoint (tests/data/oracle/tiny_manifest.tsv by this rule).
+TINY_HASH = "d5e57138bf5c45af237b6a115c28875cc9646a9b69ee738d5ccfb9111ded6e5b"
+
+
+def tiny_checkpoint_path() -> Path:
+    """The tiny oracle checkpoint as a flat official-key safetensors file (+ its config beside it), rebuilt
+    from its manifest once per machine (CACHE) and checked against TINY_HASH."""
+    from safetensors.torch import save_file
+
+    from tests.support.paths import CACHE, ORACLE
+
+    path = CACHE / "tiny_streamingt2v.safetensors"
+    stamp = CACHE / "tiny_streamingt2v.sha256"
+    if not (path.exists() and stamp.exists() and stamp.read_text() == TINY_HASH):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        state = regenerate(read_manifest(ORACLE / "tiny_manifest.tsv"))
+        digest = content_hash(state)
+        assert digest == TINY_HASH, f"tiny weights differ from the oracle's: {digest}"
+        save_file(state, str(path) + ".tmp")
+        os.replace(str(path) + ".tmp", path)
+        stamp.write_text(digest)
+    shutil.copyfile(ORACLE / "tiny_config.json", CACHE / "tiny_streamingt2v.json")
+    return path
