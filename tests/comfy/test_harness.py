@@ -1,8 +1,22 @@
 """The harness itself against the real server, with core nodes only: if these fail, every pack test would."""
+import os
+
 import numpy as np
+import pytest
 
 from tests.support.comfy_client import (REPO_ROOT, ComfyClient, output_files, read_video_frames, read_video_info, status_str,
                           describe_failure)
+
+pytestmark = pytest.mark.compat  # both ComfyUI legs (tools/test.sh --comfy033)
+
+
+def test_server_is_the_comfyui_of_this_leg(comfy):
+    """tools/test.sh names the ComfyUI version its leg means: a leg that quietly started the other checkout
+    would prove nothing about compatibility."""
+    expected = os.environ.get("STREAMINGT2V_EXPECT_COMFYUI")
+    if not expected:
+        pytest.skip("STREAMINGT2V_EXPECT_COMFYUI is not set (tools/test.sh sets it for each leg)")
+    assert comfy.system_stats()["system"]["comfyui_version"] == expected
 
 
 def test_server_isolated_and_pack_linked(comfy_server, comfy):
@@ -63,7 +77,6 @@ def test_core_video_frame_count(comfy, tmp_path):
 
 
 def test_bad_value_rejected_with_node_errors(comfy):
-    import pytest
     from tests.support.comfy_client import PromptRejected
 
     graph = {

@@ -5,6 +5,7 @@ streamingt2v_core.common.memory.plan (tests/unit/streamingt2v_core/common/memory
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.support.comfy_client import ComfyClient
 from tests.support.graphs import TINY_SIZE, images_graph, rejected, run_ok, saved_frames, stream_graph
@@ -14,6 +15,7 @@ def node_text(entry: dict, node: str) -> str:
     return "\n".join(entry["outputs"][node]["text"])
 
 
+@pytest.mark.compat
 def test_object_info_offers_the_memory_modes(comfy):
     info = comfy.object_info()
     for node in ("CAMExtendChunk", "RandomizedBlendRefiner"):
@@ -48,6 +50,7 @@ def test_refiner_low_vram_gives_the_same_frames(comfy, tmp_path):
     assert d.max() <= 1 and d.mean() < 0.01, (d.max(), d.mean())
 
 
+@pytest.mark.compat
 def test_unknown_memory_mode_is_refused_at_validation(comfy):
     client = ComfyClient(comfy.url)
     rejected(client, stream_graph(frames_to_add=8, memory="tiny"), "4", "memory", "low vram")  # CAMExtendChunk

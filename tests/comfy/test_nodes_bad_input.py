@@ -7,6 +7,8 @@ import pytest
 from tests.support.graphs import (TINY_SIZE, failed_before_work, no_new_output, rejected, run_ok,  # noqa: F401 (fixture)
                                   stream_graph, text_to_video_graph, the_mp4)
 
+pytestmark = pytest.mark.compat  # both ComfyUI legs (tools/test.sh --comfy033)
+
 
 def test_model_file_that_is_not_there(comfy, no_new_output):
     g = stream_graph()

@@ -36,6 +36,7 @@ def other_layouts(tiny_models_dir) -> dict:
     return {"ckpt": ckpt.name, "folder": converted.name}
 
 
+@pytest.mark.compat
 def test_ckpt_and_converted_folder_are_offered(comfy, other_layouts):
     options = comfy.object_info("LoadStreamingT2V")["input"]["required"]["ckpt_name"][1]["options"]
     assert other_layouts["ckpt"] in options and other_layouts["folder"] in options

@@ -38,6 +38,7 @@ def refine_workflow(frames_to_add: int = 8, refine_steps: int = REFINE_STEPS) ->
     return g
 
 
+@pytest.mark.compat
 def test_refiner_nodes_in_object_info(comfy):
     info = comfy.object_info()
     for node_id, required in EXPECTED_INPUTS.items():
@@ -65,6 +66,7 @@ def test_shipped_workflow_has_the_official_settings():
     assert by_type["SaveVideo"]["video"] == [ids["CreateVideo"], 0]
 
 
+@pytest.mark.compat
 def test_refine_workflow_runs_to_an_mp4_with_every_stream_frame(comfy, tmp_path):
     # 16 + 8 = 24 frames: one refiner chunk of 24 at the official settings
     entry = run_ok(comfy, refine_workflow(frames_to_add=8))
@@ -94,6 +96,7 @@ def test_padded_canvas_output_keeps_the_official_frame(comfy, tmp_path):
     assert (info.frames, info.width, info.height) == (16, CANVAS_HW[1], CANVAS_HW[0])
 
 
+@pytest.mark.compat
 def test_progress_over_every_solver_step_and_a_preview(comfy):
     """One websocket progress bar over all solver steps of the refiner (max = steps, every value reached),
     and preview images of the current x0 on the way (JPEG, as ComfyUI sends them)."""
@@ -107,6 +110,7 @@ def test_progress_over_every_solver_step_and_a_preview(comfy):
     assert all(fmt == 1 and img.format == "JPEG" and min(img.size) > 0 for fmt, img in previews)
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("inputs, name, words", [
     ({"chunk": 8, "overlap": 8}, "chunk", ("must be larger than overlap (8)", "overlap+1")),
     ({"chunk": 24, "overlap": 30}, "chunk", ("must be larger than overlap (30)", "overlap+1")),
@@ -122,6 +126,7 @@ def test_bad_settings_rejected_at_validation(comfy, no_new_output, inputs, name,
     rejected(comfy, g, refine_id, name, *words)
 
 
+@pytest.mark.compat
 def test_frame_size_the_refiner_cannot_take(comfy, no_new_output):
     # 512x8 fitted into 128x80 becomes 128x2: too thin for the autoencoder; raised before any solver step
     msg = failed_before_work(comfy, images_graph(16, width=512, height=8, prefix="video/st2v_refine_thin"),

@@ -48,6 +48,7 @@ EXPECTED_WORKFLOW_FRAMES = {
 }
 
 
+@pytest.mark.compat
 def test_object_info_lists_every_node_with_inputs_in_order(comfy_server, comfy):
     info = comfy.object_info()
     pack_module = f"custom_nodes.{comfy_server.pack_name}"  # ComfyUI's python_module of a custom node pack
@@ -73,6 +74,7 @@ def test_object_info_lists_every_node_with_inputs_in_order(comfy_server, comfy):
     assert info["ChunkAssembler"]["input"]["required"]["fps"][1]["default"] == 8.0
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("name", sorted(EXPECTED_WORKFLOW_FRAMES))
 def test_api_workflow_runs_to_an_mp4(comfy, continue_input, tmp_path, name):
     graph = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
@@ -91,6 +93,7 @@ def test_api_workflow_runs_to_an_mp4(comfy, continue_input, tmp_path, name):
 COVERED_ELSEWHERE = {"refine_video": "tests/comfy/test_nodes_refiner.py"}
 
 
+@pytest.mark.compat
 def test_every_api_workflow_is_covered():
     names = {p.name[: -len("_api.json")] for p in WORKFLOWS.glob("*_api.json")}
     assert names - set(COVERED_ELSEWHERE) == set(EXPECTED_WORKFLOW_FRAMES), \
@@ -181,6 +184,7 @@ def test_anchor_from_any_image_of_another_size(comfy, tmp_path):
     assert np.abs(other[16:].astype(int) - base[16:].astype(int)).mean() > 0.25
 
 
+@pytest.mark.compat
 def test_second_identical_prompt_is_served_from_cache(comfy):
     client = ComfyClient(comfy.url)
     graph = stream_graph(frames_to_add=8, prefix="video/st2v_cache")
@@ -196,6 +200,7 @@ def test_second_identical_prompt_is_served_from_cache(comfy):
         assert not ws.of_type("progress", pid)
 
 
+@pytest.mark.compat
 def test_progress_messages_cover_every_step_of_every_chunk(comfy):
     progress, _ = run_watched(comfy, stream_graph(frames_to_add=16, steps=3, seed=101, prefix="video/st2v_progress"), "4")
     assert progress, "no websocket progress messages from CAMExtendChunk"
@@ -204,6 +209,7 @@ def test_progress_messages_cover_every_step_of_every_chunk(comfy):
     assert values == sorted(values) and values[-1] == 6 and set(range(1, 7)) <= set(values)
 
 
+@pytest.mark.compat
 def test_interrupt_during_a_chunk_then_the_next_prompt_runs(server_alive, comfy, tmp_path):
     client = ComfyClient(comfy.url)
     with client.listen() as ws:
@@ -220,6 +226,7 @@ def test_interrupt_during_a_chunk_then_the_next_prompt_runs(server_alive, comfy,
     assert read_video_info(the_mp4(client, entry, tmp_path)).frames == 24
 
 
+@pytest.mark.compat
 def test_a_preview_image_of_each_finished_chunk(comfy):
     """Binary websocket frames: PREVIEW_IMAGE (type 1) = 4-byte event, 4-byte format (1 = JPEG), image."""
     _, previews = run_watched(comfy, stream_graph(frames_to_add=24, seed=404, prefix="video/st2v_preview"), "4")

@@ -278,6 +278,7 @@ def _traversal_cases():
     ]
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("input_name,make_name", _traversal_cases())
 def test_model_names_that_leave_the_models_folder_are_refused_at_validation(comfy, outside, tiny_models_dir,
                                                                             input_name, make_name):
@@ -645,6 +646,7 @@ def _bounds_cases():
     ]
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("make,node,input_name,words", _bounds_cases())
 def test_absurd_values_are_refused_at_validation_with_the_range(comfy, make, node, input_name, words):
     rejected_at(comfy, make(), node, input_name, *words)
