@@ -35,7 +35,8 @@ CONVERT = """async ([api, title]) => {
     // seeds stay as written (33 reproduces the official stream) instead of changing after every run
     for (const w of node.widgets || []) if (w.name === "control_after_generate") w.value = "fixed";
   }
-  const workflow = graph.serialize();
+  // through JSON: keys the frontend leaves undefined are dropped instead of arriving as null (real nulls stay)
+  const workflow = JSON.parse(JSON.stringify(graph.serialize()));
   const prompt = await window.app.graphToPrompt();
   return {workflow, output: prompt.output};
 }"""
