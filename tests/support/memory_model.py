@@ -16,9 +16,8 @@ T2V_PARTS = ("text_encoder", "image_encoder", "resampler", "vae")
 
 
 def load_model():
-    """A fresh copy of the tiny oracle model (each memory test module moves its parts around), read from the
-    checkpoint file built once per machine instead of regenerated from the manifest."""
-    return st.load_streamingt2v(str(tiny.tiny_checkpoint_path()), config=str(ORACLE / "tiny_config.json"))
+    state = tiny.regenerate(tiny.read_manifest(str(ORACLE / "tiny_manifest.tsv")))
+    return st.load_streamingt2v(state, config=str(ORACLE / "tiny_config.json"))
 
 
 def model_inputs(model):
