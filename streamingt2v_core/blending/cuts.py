@@ -63,11 +63,28 @@ def draw_offsets(overlaps: list[int], generator: torch.Generator | None = None) 
     return (u * sizes).floor().long().clamp_(max=sizes - 1)
 
 
+def check_layout(frames: int, starts: list[int], chunk_len: int) -> None:
+    """ValueError unless chunks of `chunk_len` frames at `starts` cover frames 0..frames-1 exactly, in order,
+    each overlapping the next (what chunk_starts gives). Python ints only: free at every step."""
+    starts = [int(s) for s in starts]
+    fix = "take starts from chunk_starts(frames, chunk, overlap) and chunk_len = min(chunk, frames)"
+    if not starts or starts[0] != 0:
+        raise ValueError(f"starts {starts}: the first chunk must begin at 0; {fix}")
+    if starts[-1] + chunk_len != frames:
+        raise ValueError(f"starts {starts} with chunks of {chunk_len} frames end at frame {starts[-1] + chunk_len}, "
+                         f"the video has {frames} frames: the last chunk must end at the last frame; {fix}")
+    for a, b in zip(starts, starts[1:]):
+        if not a <= b < a + chunk_len:
+            raise ValueError(f"starts {starts}: chunk starts must be in order and each chunk must overlap the next "
+                             f"(start {b} after {a}, chunks of {chunk_len} frames); {fix}")
+
+
 def frame_owners(frames: int, starts: list[int], chunk_len: int, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For every frame: the chunk whose x0 it takes and the frame's index inside that chunk.
 
     Chunk 0 is written whole; chunk k >= 1 overwrites frames [start_k + r_k, start_k + chunk_len).
     """
+    check_layout(frames, starts, chunk_len)
     offsets = torch.as_tensor(offsets, dtype=torch.long).flatten()
     if offsets.numel() != len(starts) - 1:
         raise ValueError(f"need {len(starts) - 1} offsets (one per chunk boundary), got {offsets.numel()}")
@@ -84,12 +101,20 @@ def frame_owners(frames: int, starts: list[int], chunk_len: int, offsets: torch.
 
 def split_chunks(x: torch.Tensor, starts: list[int], chunk_len: int) -> torch.Tensor:
     """(B, C, F, h, w) -> (K*B, C, chunk_len, h, w), chunk-major, so all chunks run as one batch."""
+    if x.ndim != 5:
+        raise ValueError(f"x must be a video latent (B, C, F, h, w), got shape {tuple(x.shape)}")
+    if starts and max(starts) + chunk_len > x.shape[2]:
+        raise ValueError(f"x has {x.shape[2]} frames; chunks of {chunk_len} frames at starts {list(starts)} need "
+                         f"{max(starts) + chunk_len}: take starts from chunk_starts(frames, chunk, overlap)")
     return torch.cat([x[:, :, s:s + chunk_len] for s in starts], dim=0)
 
 
 def stitch_x0(chunk_x0: torch.Tensor, starts: list[int], chunk_len: int, frames: int, offsets: torch.Tensor) -> torch.Tensor:
     """Blend per-chunk x0 (K*B, C, chunk_len, h, w) into the whole-video x0 (B, C, F, h, w)."""
     k = len(starts)
+    if chunk_x0.ndim != 5:
+        raise ValueError(f"chunk_x0 must be per-chunk x0 (K*B, C, {chunk_len}, h, w), got shape "
+                         f"{tuple(chunk_x0.shape)}")
     kb, c, fl, h, w = chunk_x0.shape
     if kb % k or fl != chunk_len:
         raise ValueError(f"chunk_x0 {tuple(chunk_x0.shape)} does not hold {k} chunks of {chunk_len} frames")

@@ -94,8 +94,41 @@ class UNetEnhancer(nn.Module):
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    def check_inputs(self, x_t, t, context, negative_context, guidance=7.5, rows_together=True) -> None:
+        """ValueError naming the argument when a chunk batch, its timestep and its contexts do not fit the UNet
+        or each other. Shapes only, besides one look at t's few values: free next to a UNet call."""
+        cfg = self.unet.config
+        c, width = cfg.in_channels, cfg.cross_attention_dim
+        if not isinstance(x_t, torch.Tensor) or x_t.ndim != 5:
+            shape = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
+            raise ValueError(f"x_t must be a batch of chunk latents (B, {c}, F, h, w), got {shape}")
+        if not x_t.is_floating_point():
+            raise ValueError(f"x_t is {x_t.dtype}; expected float latents (B, {c}, F, h, w): convert it with .float()")
+        b = x_t.shape[0]
+        if x_t.shape[1] != c:
+            raise ValueError(f"x_t has {x_t.shape[1]} channels (shape {tuple(x_t.shape)}); the UNet takes (B, {c}, F, "
+                             "h, w): channels before frames")
+        t = torch.as_tensor(t)
+        if t.numel() < 1 or (t.numel() > 1 and not bool((t == t.reshape(-1)[0]).all())):
+            raise ValueError(f"t is {t.reshape(-1).tolist()}; a chunk batch runs at one timestep (0-d, (1,), or the "
+                             "same value for every row)")
+        used = [("context", context)] + ([("negative_context", negative_context)] if guidance != 1.0 else [])
+        for name, x in used:
+            if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != width:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ValueError(f"{name} is {shape}; the UNet reads text embeddings (1 or B, tokens, {width}): "
+                                 "encode the prompt with this enhancer's encode_prompt")
+            if x.shape[0] not in (1, b):
+                raise ValueError(f"{name} has batch {x.shape[0]}, x_t has batch {b}: give one row per chunk, or 1 to "
+                                 "share it")
+        if guidance != 1.0 and rows_together and negative_context.shape[1] != context.shape[1]:
+            raise ValueError(f"negative_context {tuple(negative_context.shape)} and context {tuple(context.shape)} "
+                             "differ in token count, so their rows cannot run as one batch: encode both with one "
+                             "encode_prompt call (or pass rows_together=False)")
+
     def denoise(self, x_t, t, context, negative_context, guidance=7.5, rescale=0.2, rows_together=True) -> dict:
         """Official `denoise` for a batch of chunks: y_out, u_out, the guided `out`, and x0 at the integer t."""
+        self.check_inputs(x_t, t, context, negative_context, guidance, rows_together)
         t = torch.as_tensor(t).long().reshape(-1)[:1]
         y_out, u_out, out = _guided(self.unet, x_t, t, context.to(x_t.device), negative_context.to(x_t.device),
                                     guidance, rescale, self.dtype, rows_together)

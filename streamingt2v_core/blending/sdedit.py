@@ -50,6 +50,25 @@ def _chunk_x0(refiner: "Enhancer", x_in, t, starts, clen, context, negative_cont
     return torch.cat(outs)
 
 
+def check_contexts(context, negative_context, batch: int, guidance: float = 7.5, rows_together: bool = True) -> None:
+    """ValueError unless context (and negative_context, which guidance 1 does not read) are (1 or `batch`,
+    tokens, width) text embeddings of one width, and of one token count when their rows run as one batch."""
+    used = [("context", context)] + ([("negative_context", negative_context)] if guidance != 1.0 else [])
+    for name, x in used:
+        if not isinstance(x, torch.Tensor) or x.ndim != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be (1, tokens, width) text embeddings from the enhancer's encode_prompt, "
+                             f"got {shape}")
+        if x.shape[0] not in (1, batch):
+            raise ValueError(f"{name} has batch {x.shape[0]}, the latent has batch {batch}: give one row per video, "
+                             "or 1 to share it")
+    if len(used) == 2:
+        what = "width" if negative_context.shape[2] != context.shape[2] else "token count"
+        if what == "width" or (rows_together and negative_context.shape[1] != context.shape[1]):
+            raise ValueError(f"negative_context {tuple(negative_context.shape)} does not match context "
+                             f"{tuple(context.shape)} in {what}: encode both with one encode_prompt call")
+
+
 @torch.no_grad()
 def refine_latents(refiner: "Enhancer", noised, context, negative_context, chunk=24, overlap=8, steps=30, t_start=599,
                    offsets=None, brownian_noise=None, seed=0, guidance=7.5, rescale=0.2, chunk_batch=None,
@@ -64,6 +83,13 @@ def refine_latents(refiner: "Enhancer", noised, context, negative_context, chunk
     """
     if noised.ndim != 5:
         raise ValueError(f"noised must be (B, 4, F, h, w), got {tuple(noised.shape)}")
+    if not noised.is_floating_point():
+        raise ValueError(f"noised is {noised.dtype}; expected a float latent (B, 4, F, h, w): convert it with .float()")
+    check_contexts(context, negative_context, noised.shape[0], guidance, rows_together)
+    if int(steps) < 1:
+        raise ValueError(f"steps is {steps}; it must be at least 1 (official 30)")
+    if int(t_start) < 0:
+        raise ValueError(f"t_start is {t_start}; the SDEdit start must be a timestep >= 0 (official 599)")
     frames = noised.shape[2]
     refiner.check_latent_size(*noised.shape[-2:])
     starts = chunk_starts(frames, chunk, overlap)
@@ -174,6 +200,28 @@ def preview(refiner: "Enhancer", x0: torch.Tensor) -> torch.Tensor | None:
     return ((px[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu()
 
 
+def check_images(images) -> None:
+    """ValueError unless `images` is a ComfyUI IMAGE batch: float (T, H, W, 3) in [0, 1], T >= 1."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be an IMAGE batch, a float tensor (T, H, W, 3), got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        hint = ""
+        if images.ndim == 4 and images.shape[1] == 3:
+            hint = ": frames as (T, 3, H, W) become this with images.permute(0, 2, 3, 1)"
+        raise ValueError(f"images must be an IMAGE batch (T, H, W, 3), got {tuple(images.shape)}{hint}")
+    if images.shape[0] < 1:
+        raise ValueError("images holds no frames; give at least 1")
+    if not images.is_floating_point():
+        raise ValueError(f"images is {images.dtype}; an IMAGE is float in [0, 1]: convert it with .float()"
+                         + (" / 255" if images.dtype == torch.uint8 else ""))
+    if images.is_meta:
+        return
+    low, high = (float(v) for v in torch.aminmax(images.detach()))
+    if low < -0.5 or high > 1.5:  # resampling overshoot passes; 0..255 or [-1, 1] pixels do not
+        raise ValueError(f"images values span {low:.4g}..{high:.4g}; an IMAGE is in [0, 1]: pixels in 0..255 "
+                         "become x / 255, pixels in [-1, 1] (x + 1) / 2")
+
+
 @torch.no_grad()
 def refine_video(refiner: "Enhancer", images: torch.Tensor, prompt: str, negative_prompt: str = "", strength_step: int = 600,
                  steps: int = 30, guidance: float = 7.5, rescale: float = 0.2, chunk: int = 24, overlap: int = 8,
@@ -186,8 +234,9 @@ def refine_video(refiner: "Enhancer", images: torch.Tensor, prompt: str, negativ
     slice_size: frames per VAE call (official 1: a 1280x720 frame alone needs gigabytes of decoder activations).
     Seeds: posterior and initial noise come from one CPU generator seeded with `seed`, the offsets from
     another, the Brownian tree from entropy `seed` (so a seed reproduces a video on a given device)."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be an IMAGE batch (T, H, W, 3), got {tuple(images.shape)}")
+    check_images(images)
+    if int(strength_step) < 1:
+        raise ValueError(f"strength_step is {strength_step}; it must be at least 1 (official 600: t = 599)")
     if refiner.vae is None:
         raise RuntimeError("this refiner was loaded without its autoencoder (v2-1_512-ema-pruned.ckpt / vae.safetensors)")
     canvas = canvas or refiner.canvas

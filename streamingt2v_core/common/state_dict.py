@@ -32,13 +32,61 @@ def check_shapes(module: nn.Module, state: Mapping[str, torch.Tensor], where, fi
         if k not in state or tuple(state[k].shape) == tuple(own[k].shape):
             continue
         expected, found = list(own[k].shape), list(state[k].shape)
-        if names and file_state is not None:
+        if names and file_state is not None and k in names:
             found = list(file_state[names[k]].shape)
             if len(found) == len(expected) + 1 and found[-1] == 1:
                 expected.append(1)  # a Conv1d(k=1) in the file that the module holds as a Linear
         rows.append(((names or {}).get(k, k), expected, found))
     if rows:
         raise misshaped_error(where, rows, fix)
+
+
+# Weight dtypes a loader casts to its compute dtype without losing what the file holds. fp8 (and other
+# 8-bit or smaller floats) are quantised storage: a plain cast to fp8 throws away most of the mantissa and a
+# scaled fp8 file needs per-tensor scales that these models do not have, so neither is run as if it were the
+# model (the bench keeps fp8 storage as a measured memory trick only).
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_DTYPE_FIX = ("Fix: use the original, unquantised file (fp32, fp16 or bf16 weights), not a quantised or "
+              "re-exported one")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_dtypes(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.dtype], where, fix: str,
+                 names: Mapping[str, str] | None = None, limit: int = 10) -> None:
+    """Before loading: CheckpointError naming `where`, every key whose tensor cannot be the model's weight
+    (an integer, bool or fp8 tensor where a float weight is expected, another dtype where a buffer has a fixed
+    one) with the dtype found, and `fix`. `expected`: key -> the model's dtype (keys absent from `state` are
+    left to the key check); `names` maps the model's keys to the file's where they differ."""
+    rows = []
+    for key, want in expected.items():
+        if key not in state:
+            continue
+        got = state[key].dtype
+        if want.is_floating_point:
+            if got in WEIGHT_DTYPES:
+                continue
+            need = "a floating-point weight (float32, float16 or bfloat16)"
+        elif got == want:
+            continue
+        else:
+            need = _dtype_name(want)
+        rows.append(((names or {}).get(key, key), got, need))
+    if not rows:
+        return
+    more = f", the first {limit} shown" if len(rows) > limit else ""
+    lines = [f"{where}: {len(rows)} tensor(s) have a dtype the model cannot use{more}:"]
+    lines += [f"  {key}: found {_dtype_name(got)}, expected {need}" for key, got, need in rows[:limit]]
+    quantised = any(not got.is_floating_point or got.itemsize < 2 for _, got, _ in rows)
+    lines.append(f"{_DTYPE_FIX}; {fix}" if quantised else fix)
+    raise CheckpointError("\n".join(lines))
+
+
+def module_dtypes(module: nn.Module) -> dict[str, torch.dtype]:
+    """key -> dtype of every tensor in `module`'s state dict (works on the meta device)."""
+    return {k: v.dtype for k, v in module.state_dict().items()}
 
 
 def _has(keys: Iterable[str], *needles: str, prefix: bool = True) -> bool:

@@ -29,10 +29,21 @@ def count_indices(shapes: Mapping[str, Sequence[int]], pattern: str) -> int:
     return len({m.group(1) for k in shapes for m in [rx.match(k)] if m})
 
 
+def shape_dim(shapes: Mapping[str, Sequence[int]], key: str, ndim: int, index: int) -> int | None:
+    """Size `index` of `key`'s shape when that shape has `ndim` dims, all positive; None otherwise (a
+    missing, truncated, re-shaped or 1-element tensor). Shape inference then keeps its base value and
+    the key check that follows names the key, instead of an IndexError naming nothing."""
+    shape = shapes.get(key)
+    if shape is None or len(shape) != ndim or any(int(d) < 1 for d in shape):
+        return None
+    return int(shape[index])
+
+
 def infer_unet3d_config(shapes: Mapping[str, Sequence[int]], prefix: str = "", base: dict | None = None) -> dict:
     """`UNet3DConditionModel` arguments that the tensor shapes of a diffusers-layout UNet3D state dict
     determine, on top of `base` (returned as a new dict; what the shapes cannot tell, and what missing
-    keys leave open, keeps `base`'s value, so that the key check that follows can name the missing keys).
+    or odd-shaped keys leave open, keeps `base`'s value, so that the key check that follows can name
+    those keys).
 
     `shapes` maps keys to shapes; the UNet's keys start with `prefix` (e.g. "base_model."). The head
     count cannot be read off shapes; `attention_head_dim` (diffusers' legacy name for it) comes from the
@@ -42,10 +53,9 @@ def infer_unet3d_config(shapes: Mapping[str, Sequence[int]], prefix: str = "", b
     s = {k[len(prefix):]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
     n_down = count_indices(s, r"down_blocks\.(\d+)\.")
     if n_down:
-        chans = [s[f"down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(n_down)
-                 if f"down_blocks.{i}.resnets.0.conv2.weight" in s]
-        if len(chans) == n_down:
-            cfg["block_out_channels"] = [int(c) for c in chans]
+        chans = [shape_dim(s, f"down_blocks.{i}.resnets.0.conv2.weight", 4, 0) for i in range(n_down)]
+        if None not in chans:
+            cfg["block_out_channels"] = chans
         layers = count_indices(s, r"down_blocks\.0\.resnets\.(\d+)\.")
         if layers:
             cfg["layers_per_block"] = layers
@@ -56,19 +66,21 @@ def infer_unet3d_config(shapes: Mapping[str, Sequence[int]], prefix: str = "", b
         else:  # no decoder keys: the mirror image of the encoder
             up_attn = down_attn[::-1]
         cfg["up_block_types"] = ["CrossAttnUpBlock3D" if a else "UpBlock3D" for a in up_attn]
-    w = s.get("conv_in.weight")
-    if w and len(w) > 1:
-        cfg["in_channels"] = int(w[1])
-    w = s.get("conv_out.weight")
-    if w:
-        cfg["out_channels"] = int(w[0])
+    # conv_in / conv_out are Conv2d (4 dims), attn2.to_k and transformer_in.proj_in Linear (2 dims)
+    c = shape_dim(s, "conv_in.weight", 4, 1)
+    if c is not None:
+        cfg["in_channels"] = c
+    c = shape_dim(s, "conv_out.weight", 4, 0)
+    if c is not None:
+        cfg["out_channels"] = c
     ctx = next((k for k in sorted(s) if re.fullmatch(r"down_blocks\.\d+\.attentions\.0\.transformer_blocks\.0\."
                                                       r"attn2\.to_k\.weight", k)), None)
-    if ctx is not None and len(s[ctx]) > 1:
-        cfg["cross_attention_dim"] = int(s[ctx][1])
-    w = s.get("transformer_in.proj_in.weight")
-    if w:  # transformer_in has 8 heads of `attention_head_dim` channels
-        cfg["attention_head_dim"] = int(w[0]) // 8
+    c = shape_dim(s, ctx, 2, 1) if ctx is not None else None
+    if c is not None:
+        cfg["cross_attention_dim"] = c
+    c = shape_dim(s, "transformer_in.proj_in.weight", 2, 0)
+    if c is not None and c % 8 == 0:  # transformer_in has 8 heads of `attention_head_dim` channels
+        cfg["attention_head_dim"] = c // 8
     return cfg
 
 

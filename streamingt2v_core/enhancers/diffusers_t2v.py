@@ -46,7 +46,10 @@ class DiffusersT2VRefiner(UNetEnhancer):
             raise ValueError(f"latent size must be positive, got {h}x{w}")
 
     def alpha_sigma(self, t) -> tuple[float, float]:
-        ac = float(self.alphas_cumprod[int(torch.as_tensor(t).reshape(-1)[0])])
+        t, n = int(torch.as_tensor(t).reshape(-1)[0]), len(self.alphas_cumprod)
+        if not 0 <= t < n:  # a negative index would wrap to the schedule's end
+            raise ValueError(f"timestep {t} is outside the schedule's 0..{n - 1}")
+        ac = float(self.alphas_cumprod[t])
         return ac ** 0.5, (1 - ac) ** 0.5
 
     def sdedit_scheduler(self, steps: int, t_start: int):

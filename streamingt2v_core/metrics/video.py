@@ -15,7 +15,7 @@ MIN_METRIC_FRAMES = 3
 
 def to_uint8_frames(frames, name: str = "frames") -> np.ndarray:
     """[T, H, W, 3] float in 0..1 (torch or numpy; ComfyUI IMAGE layout) or uint8 -> uint8 numpy.
-    Floats are rounded to the nearest 8-bit level."""
+    Floats are rounded to the nearest 8-bit level (small overshoots clipped); floats far outside 0..1 are refused."""
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu()
         if frames.dtype == torch.bfloat16:
@@ -36,6 +36,10 @@ def to_uint8_frames(frames, name: str = "frames") -> np.ndarray:
         raise TypeError(f"`{name}` must be float in 0..1 or uint8, got dtype {frames.dtype}")
     if not np.isfinite(frames).all():
         raise ValueError(f"`{name}` contains NaN or inf values")
+    low, high = float(frames.min()), float(frames.max())
+    if low < -0.5 or high > 1.5:  # small overshoots are clipped below; another pixel scale would be scored as noise
+        raise ValueError(f"`{name}` values span {low:.4g}..{high:.4g}; float frames must be in 0..1: frames in 0..255 "
+                         "become x / 255 (or pass them as uint8), frames in [-1, 1] become (x + 1) / 2")
     return np.clip(np.rint(frames.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..common.unet3d import count_indices, infer_unet3d_config
+from ..common.unet3d import count_indices, infer_unet3d_config, shape_dim
 
 # The ModelScope text-to-video UNet3D (damo-vilab/text-to-video-ms-1.7b unet/config.json); the CAM is a
 # copy of its encoder. `attention_head_dim` is, in diffusers' legacy naming, the number of heads.
@@ -195,68 +195,75 @@ def infer_config(shapes: dict, base: StreamingT2VConfig | None = None) -> Stream
     """Fills in everything the tensor shapes of an official-layout state dict determine.
 
     `shapes` maps full keys (with `base_model.` etc.) to shapes. What shapes cannot say (head counts,
-    resolution, scheduler) stays as in `base`. Missing keys leave the base value: the key check that
-    follows names them.
+    resolution, scheduler) stays as in `base`. Missing keys, and keys whose shape has the wrong number of
+    dims (a 1-element or re-shaped tensor), leave the base value: the key check that follows names them.
     """
     cfg = copy.deepcopy(base) if base is not None else StreamingT2VConfig()
     s = {k: tuple(v) for k, v in shapes.items()}
+
+    def dim(key: str, ndim: int, index: int):
+        return shape_dim(s, key, ndim, index)
 
     cfg.unet = infer_unet3d_config(s, "base_model.", cfg.unet)  # the CAM is a copy of its encoder
 
     n_cond = count_indices(s, r"unet\.controlnet_cond_embedding\.blocks\.(\d+)\.")
     if n_cond:
-        chans = [s["unet.controlnet_cond_embedding.conv_in.weight"][0]]
-        for i in range(1, n_cond, 2):
-            chans.append(s[f"unet.controlnet_cond_embedding.blocks.{i}.weight"][0])
-        cfg.cond_embedding_channels = chans
+        chans = [dim("unet.controlnet_cond_embedding.conv_in.weight", 4, 0)]
+        chans += [dim(f"unet.controlnet_cond_embedding.blocks.{i}.weight", 4, 0) for i in range(1, n_cond, 2)]
+        if None not in chans:
+            cfg.cond_embedding_channels = chans
 
     n_vae = count_indices(s, r"vae\.encoder\.down_blocks\.(\d+)\.")
     if n_vae:
-        chans = [s[f"vae.encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(n_vae)]
-        cfg.vae["block_out_channels"] = chans
-        cfg.vae["down_block_types"] = ["DownEncoderBlock2D"] * n_vae
-        cfg.vae["up_block_types"] = ["UpDecoderBlock2D"] * n_vae
-        cfg.vae["layers_per_block"] = count_indices(s, r"vae\.encoder\.down_blocks\.0\.resnets\.(\d+)\.")
-        w = s.get("vae.quant_conv.weight")
-        if w:
-            cfg.vae["latent_channels"] = w[0] // 2
+        chans = [dim(f"vae.encoder.down_blocks.{i}.resnets.0.conv2.weight", 4, 0) for i in range(n_vae)]
+        if None not in chans:
+            cfg.vae["block_out_channels"] = chans
+            cfg.vae["down_block_types"] = ["DownEncoderBlock2D"] * n_vae
+            cfg.vae["up_block_types"] = ["UpDecoderBlock2D"] * n_vae
+        layers = count_indices(s, r"vae\.encoder\.down_blocks\.0\.resnets\.(\d+)\.")
+        if layers:
+            cfg.vae["layers_per_block"] = layers
+        w = dim("vae.quant_conv.weight", 4, 0)  # 2 * latent channels (mean and log-variance)
+        if w is not None and w % 2 == 0:
+            cfg.vae["latent_channels"] = w // 2
 
-    w = s.get("text_encoder.text_model.embeddings.token_embedding.weight")
-    if w:
-        cfg.text["vocab_size"], cfg.text["hidden_size"] = w
-        cfg.tokenizer = "clip-bpe" if w[0] >= 49408 else "bytes"
-    w = s.get("text_encoder.text_model.embeddings.position_embedding.weight")
-    if w:
-        cfg.text["max_position_embeddings"] = w[0]
-    w = s.get("text_encoder.text_model.encoder.layers.0.mlp.fc1.weight")
-    if w:
-        cfg.text["intermediate_size"] = w[0]
+    key = "text_encoder.text_model.embeddings.token_embedding.weight"
+    vocab, hidden = dim(key, 2, 0), dim(key, 2, 1)
+    if vocab is not None:
+        cfg.text["vocab_size"], cfg.text["hidden_size"] = vocab, hidden
+        cfg.tokenizer = "clip-bpe" if vocab >= 49408 else "bytes"
+    w = dim("text_encoder.text_model.embeddings.position_embedding.weight", 2, 0)
+    if w is not None:
+        cfg.text["max_position_embeddings"] = w
+    w = dim("text_encoder.text_model.encoder.layers.0.mlp.fc1.weight", 2, 0)
+    if w is not None:
+        cfg.text["intermediate_size"] = w
     n = count_indices(s, r"text_encoder\.text_model\.encoder\.layers\.(\d+)\.")
     if n:
         cfg.text["num_hidden_layers"] = n
 
     vis = cfg.clip_vision["vision_cfg"]
-    w = s.get("image_encoder.model.visual.conv1.weight")
-    if w:
-        vis["width"], vis["patch_size"] = w[0], w[2]
-        pos = s.get("image_encoder.model.visual.positional_embedding")
-        if pos:
-            grid = round((pos[0] - 1) ** 0.5)
-            vis["image_size"] = grid * w[2]
+    key = "image_encoder.model.visual.conv1.weight"  # (width, 3, patch, patch)
+    width, patch = dim(key, 4, 0), dim(key, 4, 2)
+    if width is not None:
+        vis["width"], vis["patch_size"] = width, patch
+        pos = dim("image_encoder.model.visual.positional_embedding", 2, 0)  # grid * grid + 1 class token
+        if pos is not None and pos > 1:
+            vis["image_size"] = round((pos - 1) ** 0.5) * patch
     n = count_indices(s, r"image_encoder\.model\.visual\.transformer\.resblocks\.(\d+)\.")
     if n:
         vis["layers"] = n
-    w = s.get("image_encoder.model.visual.transformer.resblocks.0.mlp.c_fc.weight")
-    if w:
-        vis["mlp_ratio"] = w[0] / w[1]
-    w = s.get("image_encoder.model.visual.proj")
-    if w:
-        cfg.clip_vision["embed_dim"] = w[1]
+    key = "image_encoder.model.visual.transformer.resblocks.0.mlp.c_fc.weight"
+    if dim(key, 2, 0) is not None:
+        vis["mlp_ratio"] = dim(key, 2, 0) / dim(key, 2, 1)
+    w = dim("image_encoder.model.visual.proj", 2, 1)
+    if w is not None:
+        cfg.clip_vision["embed_dim"] = w
     txt = cfg.clip_vision["text_cfg"]
-    w = s.get("image_encoder.model.token_embedding.weight")
-    if w:
-        txt["vocab_size"], txt["width"] = w
-    w = s.get("image_encoder.model.positional_embedding")
-    if w:
-        txt["context_length"] = w[0]
+    key = "image_encoder.model.token_embedding.weight"
+    if dim(key, 2, 0) is not None:
+        txt["vocab_size"], txt["width"] = dim(key, 2, 0), dim(key, 2, 1)
+    w = dim("image_encoder.model.positional_embedding", 2, 0)
+    if w is not None:
+        txt["context_length"] = w
     return cfg

@@ -15,6 +15,9 @@ import torch
 from ..common.guidance import cfg
 from .config import StreamingT2VConfig
 from .ddim import DDIM
+from .model import _check_range, _tensor
+
+_RANGE_FIX = "frames in [-1, 1] become (x + 1) / 2, frames in 0..255 x / 255"
 
 
 @dataclass
@@ -28,14 +31,62 @@ class StreamConditioning:
     def build(cls, model, prompt: str, negative_prompt: str = "", anchor=None, anchor_tokens=None):
         """`anchor`: a frame (3, H, W) in [0, 1]; or `anchor_tokens` (1, 16, D) from `encode_anchor`.
         The unconditional APM tokens come from an all-zero image in [-1, 1] (mid-grey), as officially."""
+        if anchor is None and anchor_tokens is None:
+            raise ValueError("StreamConditioning needs an anchor frame or APM tokens")
+        if anchor is not None:
+            check_anchor(anchor)
+        if anchor_tokens is not None:
+            check_anchor_tokens(model.config, anchor_tokens)
         text = model.encode_prompt([negative_prompt, prompt])
         if anchor_tokens is None:
-            if anchor is None:
-                raise ValueError("StreamConditioning needs an anchor frame or APM tokens")
             anchor_tokens = model.encode_anchor(anchor[None] * 2 - 1)
         uncond = model.encode_anchor(torch.zeros(1, 3, *anchor_size(model, anchor)))
         tokens = torch.cat([uncond.to(anchor_tokens), anchor_tokens.reshape(1, *anchor_tokens.shape[-2:])])
         return cls(torch.cat([text.to(tokens), tokens], dim=1))
+
+
+def check_frames(name: str, frames, tail: int | None = None) -> None:
+    """ValueError naming `name` unless `frames` are float frames (N, 3, H, W) in [0, 1]; the range is read
+    from the last `tail` frames only (what the CAM reads) when given."""
+    layout = "(N, 3, H, W) float frames in [0, 1]"
+    _tensor(name, frames, layout, 4)
+    if frames.shape[1] != 3:
+        hint = ""
+        if frames.shape[-1] == 3:
+            hint = ": a ComfyUI IMAGE [N, H, W, 3] becomes this with image.permute(0, 3, 1, 2)"
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(frames.shape)}{hint}")
+    _check_range(name, frames[-tail:] if tail else frames, 0.0, 1.0, _RANGE_FIX)
+
+
+def check_anchor(anchor) -> None:
+    """The anchor frame: (3, H, W) float in [0, 1]."""
+    layout = "(3, H, W), one float frame in [0, 1]"
+    _tensor("anchor", anchor, layout, 3)
+    if anchor.shape[0] != 3:
+        hint = ": a frame as (H, W, 3) becomes this with frame.permute(2, 0, 1)" if anchor.shape[-1] == 3 else ""
+        raise ValueError(f"anchor must be {layout}, got shape {tuple(anchor.shape)}{hint}")
+    _check_range("anchor", anchor, 0.0, 1.0, _RANGE_FIX)
+
+
+def check_anchor_tokens(config: StreamingT2VConfig, tokens) -> None:
+    """The APM tokens of one anchor, (1, 16, D) or (16, D), as `encode_anchor` gives them."""
+    want = (1, config.apm_tokens, config.context_dim)
+    shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+    if (not isinstance(tokens, torch.Tensor) or not tokens.is_floating_point() or tokens.ndim not in (2, 3)
+            or tuple(tokens.shape[-2:]) != want[1:] or (tokens.ndim == 3 and tokens.shape[0] != 1)):
+        dtype = f" {tokens.dtype}" if isinstance(tokens, torch.Tensor) else ""
+        raise ValueError(f"anchor_tokens has shape {shape}{dtype}; expected float {want}: the APM tokens of one "
+                         "anchor frame from this model's encode_anchor")
+
+
+def check_context(config: StreamingT2VConfig, context) -> None:
+    """StreamConditioning.context: (2, 77 + 16, D), rows [unconditional, conditional]."""
+    want = (2, config.text_tokens + config.apm_tokens, config.context_dim)
+    _tensor("cond.context", context, f"{want}", 3)
+    if tuple(context.shape) != want:
+        raise ValueError(f"cond.context has shape {tuple(context.shape)}; expected {want}: 2 rows [unconditional, "
+                         f"conditional] of {config.text_tokens} text then {config.apm_tokens} APM tokens, "
+                         f"{config.context_dim} wide; build it with StreamConditioning.build(model, ...)")
 
 
 def anchor_size(model, anchor) -> tuple:
@@ -89,12 +140,12 @@ def generate_chunk(model, prev_frames: torch.Tensor, cond: StreamConditioning, s
     each step's variance noise."""
     config = model.config
     n_cond = config.cond_frames
+    _check_stream(config, "prev_frames", prev_frames)
     h, w = prev_frames.shape[-2:]
-    problem = stream_problem(config, int(prev_frames.shape[0]), int(h), int(w))
-    if problem:
-        raise ValueError(problem)
+    check_context(config, cond.context)
     sf = config.vae_scale_factor
     scheduler = scheduler or make_scheduler(model)
+    timesteps = scheduler.timesteps(steps)  # refuses a wrong step count before any work
     device, dtype = model.device, model.dtype
     cond_frames = (prev_frames[-n_cond:] * 2 - 1)[None].to(device, dtype)
     # the CAM's frame encoder sees the same frames at every step and in both rows: once per chunk
@@ -109,7 +160,6 @@ def generate_chunk(model, prev_frames: torch.Tensor, cond: StreamConditioning, s
     gen_device = generator.device if generator is not None else "cpu"
     latents = torch.randn((1, config.latent_channels, config.chunk_frames, h // sf, w // sf), generator=generator,
                           device=gen_device).to(device)
-    timesteps = scheduler.timesteps(steps)
     for i, t in enumerate(timesteps):
         x = latents.to(dtype)
         x = torch.cat([x, x]) if guided else x
@@ -121,6 +171,15 @@ def generate_chunk(model, prev_frames: torch.Tensor, cond: StreamConditioning, s
         if on_step is not None:
             on_step(i + 1, steps)
     return model.decode_latents(latents)[0].float().cpu()
+
+
+def _check_stream(config: StreamingT2VConfig, name: str, frames) -> None:
+    """Frames a stream continues from: layout, dtype and range of the last `cond_frames` (what the CAM reads),
+    count and size."""
+    check_frames(name, frames, tail=config.cond_frames)
+    problem = stream_problem(config, int(frames.shape[0]), int(frames.shape[-2]), int(frames.shape[-1]))
+    if problem:
+        raise ValueError(problem)
 
 
 def chunks_for_frames(frames_to_add: int, new_per_chunk: int | None = None) -> int:
@@ -148,15 +207,21 @@ def extend_video(model, frames: torch.Tensor, num_chunks: int, prompts: Sequence
     if num_chunks < 1:
         raise ValueError(f"num_chunks must be at least 1, got {num_chunks}")
     prompts = chunk_prompts(prompts, num_chunks)
+    _check_stream(model.config, "frames", frames)
+    scheduler = make_scheduler(model)
+    scheduler.timesteps(steps)  # refuses a wrong step count before any work
     if anchor is None and anchor_tokens is None:
         anchor = frames[0]
+    if anchor is not None:
+        check_anchor(anchor)
+    if anchor_tokens is not None:
+        check_anchor_tokens(model.config, anchor_tokens)
     if anchor_tokens is None:
         anchor_tokens = model.encode_anchor(anchor[None].to(torch.float32) * 2 - 1)
     conds = {}
     for p in dict.fromkeys(prompts):  # each distinct prompt encoded once
         conds[p] = StreamConditioning.build(model, p, negative_prompt, anchor=anchor, anchor_tokens=anchor_tokens)
     generator = generator or torch.Generator().manual_seed(int(seed))
-    scheduler = make_scheduler(model)
     total = num_chunks * steps
     tail = frames[-model.config.cond_frames:].float().cpu()
     new = []

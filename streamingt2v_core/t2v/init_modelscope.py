@@ -17,8 +17,7 @@ import torch
 
 from ..common.guidance import cfg
 from ..common.unet3d import infer_unet3d_config
-from ..common.weights import CheckpointError
-from .weights import read_state_dict_with_meta
+from ..common.weights import CheckpointError, read_weights_with_meta
 from .config import OFFICIAL_UNET
 
 # The stage-2 base UNet is ModelScope's, so its official config is the ModelScope UNet's config.
@@ -40,51 +39,99 @@ def _weights_in_folder(folder: Path) -> Path:
     raise CheckpointError(f"{folder}: no diffusion_pytorch_model[.fp16].safetensors/.bin in this folder; {_FIX}")
 
 
+def _read_config(cand: Path) -> dict:
+    try:
+        data = json.loads(cand.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cand}: not valid JSON ({exc}); fix the file or delete it") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cand}: expected a JSON object with the UNet configuration, got "
+                              f"{type(data).__name__}; fix the file or delete it")
+    return data
+
+
 def _config_for(path: Path) -> Optional[dict]:
     """The sidecar `<stem>.json`, else a diffusers `config.json` beside the weights."""
     for cand in (path.with_suffix(".json"), path.parent / "config.json"):
         if cand.is_file():
-            try:
-                return json.loads(cand.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{cand}: not valid JSON ({exc}); fix the file or delete it") from exc
+            return _read_config(cand)
     return None
+
+
+# What building the UNet from shapes read off a file can raise when they fit no architecture (diffusers'
+# argument checks, GroupNorm's divisibility, a head count of zero): re-raised as CheckpointError.
+_BUILD_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, IndexError, ZeroDivisionError, AssertionError,
+                 AttributeError)
+
+
+def _wrong_keys(expected: dict, shapes: dict) -> int:
+    return len(set(expected) ^ set(shapes)) + sum(1 for k in expected if k in shapes and expected[k] != shapes[k])
+
+
+def _build_on_meta(unet_config: dict):
+    from diffusers import UNet3DConditionModel
+
+    with torch.device("meta"):
+        return UNet3DConditionModel(**unet_config)
+
+
+def _key_errors(expected: dict, shapes: dict) -> list[str]:
+    missing = sorted(set(expected) - set(shapes))
+    unknown = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
+    parts = []
+    for label, keys in (("missing", missing), ("unknown", unknown), ("mis-shaped", wrong)):
+        if keys:
+            shown = ", ".join(f"{k} {list(shapes[k])}" if label == "mis-shaped" else k for k in keys[:8])
+            parts.append(f"{label} keys: {shown}" + (f", ... ({len(keys)} in all)" if len(keys) > 8 else ""))
+    return parts
 
 
 def load_modelscope_unet(source, config=None, device="cpu", dtype=torch.float32):
     """The ModelScope T2V UNet (diffusers `UNet3DConditionModel`) from a single weights file (sidecar
     `<stem>.json` or a diffusers `config.json` beside it, else the architecture from the shapes) or a
-    diffusers folder. Weights are read memory-mapped; missing, unknown or mis-shaped keys raise
+    diffusers folder. Weights are read memory-mapped; missing, unknown, mis-shaped or non-float keys raise
     `CheckpointError` naming them."""
-    from diffusers import UNet3DConditionModel
+    from ..common.state_dict import check_dtypes, module_dtypes
 
     path = Path(source).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder; {_FIX}")
     if path.is_dir():
         path = _weights_in_folder(path)
-    state, meta = read_state_dict_with_meta(path)
+    state, _meta = read_weights_with_meta(path, _FIX)  # a bad file's message ends in this UNet's fix
     if config is None:
         config = _config_for(path)
     elif isinstance(config, (str, os.PathLike)):
-        config = json.loads(Path(config).read_text(encoding="utf-8"))
+        config = _read_config(Path(config))
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     base = dict(MODELSCOPE_UNET)
     base.update({k: v for k, v in (config or {}).items() if k in _UNET_ARGS})
     unet_config = infer_unet3d_config(shapes, "", base)
-    with torch.device("meta"):
-        unet = UNet3DConditionModel(**unet_config)
+    try:
+        unet = _build_on_meta(unet_config)
+    except _BUILD_ERRORS as e:
+        # shapes that fit no architecture: name the keys that do not fit the configured one, if it builds
+        try:
+            parts = _key_errors({k: tuple(v.shape) for k, v in _build_on_meta(base).state_dict().items()}, shapes)
+        except _BUILD_ERRORS:
+            parts = []
+        detail = "; ".join(parts) or f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path}: its tensor shapes describe no UNet3DConditionModel ({detail}); {_FIX}") from e
     expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    missing = sorted(set(expected) - set(shapes))
-    unknown = sorted(set(shapes) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
-    if missing or unknown or wrong:
-        parts = []
-        for label, keys in (("missing", missing), ("unknown", unknown), ("mis-shaped", wrong)):
-            if keys:
-                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-                parts.append(f"{label} keys: {shown}")
+    if unet_config != base and _wrong_keys(expected, shapes):
+        # one odd tensor among those the architecture is read from makes every dependent key look wrong under
+        # the inferred config: the configured one then names that tensor, so report the one with fewer
+        try:
+            fallback = {k: tuple(v.shape) for k, v in _build_on_meta(base).state_dict().items()}
+        except _BUILD_ERRORS:
+            fallback = None
+        if fallback is not None and _wrong_keys(fallback, shapes) < _wrong_keys(expected, shapes):
+            expected = fallback
+    parts = _key_errors(expected, shapes)
+    if parts:
         raise CheckpointError(f"{path}: not a diffusers UNet3DConditionModel state dict ({'; '.join(parts)}); {_FIX}")
+    check_dtypes(state, module_dtypes(unet), path, _FIX)
     unet.load_state_dict({k: state[k].to(device=device, dtype=dtype) for k in expected}, strict=True, assign=True)
     del state
     unet.eval().requires_grad_(False)
@@ -99,6 +146,21 @@ def make_scheduler(scheduler_config: dict):
     return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
 
 
+def _check_unet_fits(unet, config) -> None:
+    """The ModelScope UNet reads the stage-2 model's text embeddings and VAE latents: their widths must agree."""
+    unet_cfg = getattr(unet, "config", None)
+    if unet_cfg is None:
+        return
+    text_width, latent = config.text["hidden_size"], config.latent_channels
+    pairs = (("cross_attention_dim", getattr(unet_cfg, "cross_attention_dim", text_width), text_width,
+              "the StreamingT2V text encoder's width"),
+             ("in_channels", getattr(unet_cfg, "in_channels", latent), latent, "the VAE's latent channels"))
+    for key, got, want, what in pairs:
+        if got != want:
+            raise ValueError(f"unet: {key} {got} does not match {what} ({want}): load the ModelScope text-to-video "
+                             "UNet that belongs with this StreamingT2V model")
+
+
 @torch.no_grad()
 def generate_first_chunk(unet, model, prompt: str, negative_prompt: str = "", steps: int = DEFAULTS["steps"],
                          guidance: float = DEFAULTS["guidance"], seed: int = 33,
@@ -110,11 +172,18 @@ def generate_first_chunk(unet, model, prompt: str, negative_prompt: str = "", st
     `model` is the stage-2 StreamingT2V model (its text encoder, tokenizer, VAE and scheduler config).
     The initial latents come from a CPU generator seeded with `seed` (or `generator`), so a seed gives
     the same video on any device. `on_step(step, steps)` runs after each solver step (1-based)."""
-    height = height or model.config.height
-    width = width or model.config.width
+    height = model.config.height if height is None else int(height)
+    width = model.config.width if width is None else int(width)
     scale = model.config.vae_scale_factor
+    if height < 1 or width < 1:
+        raise ValueError(f"height/width {height}x{width}: both must be positive multiples of {scale} "
+                         "(None: the model's own size)")
     if height % scale or width % scale:
         raise ValueError(f"height/width {height}x{width}: must be multiples of {scale} (the VAE's downscale)")
+    for name, n, official in (("num_frames", num_frames, DEFAULTS["frames"]), ("steps", steps, DEFAULTS["steps"])):
+        if int(n) < 1:
+            raise ValueError(f"{name} is {n}; it must be at least 1 (official: {official})")
+    _check_unet_fits(unet, model.config)
     device, dtype = unet.device, unet.dtype
     text = model.encode_prompt([negative_prompt, prompt]).to(device, dtype)  # [uncond, cond]
     if generator is None:

@@ -34,6 +34,18 @@ SHAPE_FIX = ("Fix: the key names are right but sizes differ, so the file is dama
              "(tiny_v2v_config.json or refiner_config.json in the folder)")
 
 
+def config_value(config, *path: str, default=None):
+    """`config[path[0]][path[1]]...` of the size config, `default` where a level is missing or is no JSON
+    object (a hand-edited file): the config only adds what shapes cannot tell, so a missing value is not an
+    error."""
+    value = config
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return default
+        value = value[key]
+    return value
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a torch.save file (.pth/.bin/.ckpt), unwrapping {'state_dict': ...}."""
     return weights.read_weights(path, SOURCES_FIX)

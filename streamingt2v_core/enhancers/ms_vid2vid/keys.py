@@ -76,14 +76,16 @@ def _is_conv1d_proj(new_key: str, ndim: int) -> bool:
     return ndim == 3 and new_key.endswith(("proj_in.weight", "proj_out.weight"))  # temporal Conv1d(k=1) officially
 
 
-def convert_official_unet(state: Mapping[str, torch.Tensor], layers_per_block: int = 2) -> dict[str, torch.Tensor]:
-    """Official Vid2VidSDUNet state dict -> diffusers UNet3DConditionModel state dict (Conv1d k=1 -> Linear)."""
+def convert_official_unet(state: Mapping[str, torch.Tensor], layers_per_block: int = 2,
+                          where="the refiner UNet weights") -> dict[str, torch.Tensor]:
+    """Official Vid2VidSDUNet state dict -> diffusers UNet3DConditionModel state dict (Conv1d k=1 -> Linear).
+    A key with no diffusers name is a CheckpointError naming `where` (the file) and the key."""
     out = {}
     for key, value in state.items():
         try:
             new = official_to_diffusers_key(key, layers_per_block)
         except KeyError:
-            raise CheckpointError(f"unexpected key {key!r} in the refiner UNet weights; {SOURCES_FIX}") from None
+            raise CheckpointError(f"{where}: unexpected key {key!r} in the refiner UNet weights; {SOURCES_FIX}") from None
         out[new] = value.squeeze(-1) if _is_conv1d_proj(new, value.ndim) else value
     return out
 

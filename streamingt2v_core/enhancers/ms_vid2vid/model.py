@@ -15,16 +15,16 @@ from typing import Mapping
 import torch
 
 from ...blending.protocol import UNetEnhancer, X0Fn
-from ...common.state_dict import check_shapes
+from ...common.state_dict import check_dtypes, check_shapes, module_dtypes
 from ...common.weights import CheckpointError
 from ...common.weights import read_json  # JSON beside weights, read guarded
-from .files import (CONFIG_FILES, CONVERTED_FILES, OFFICIAL_FILES, SHAPE_FIX, SOURCES_FIX, find_file,
-                    read_weights)
+from .files import (CONFIG_FILES, CONVERTED_FILES, OFFICIAL_FILES, SHAPE_FIX, SOURCES_FIX, config_value,
+                    find_file, read_weights)
 from .keys import convert_official_unet, is_official_unet, official_to_diffusers_key
 from .schedule import VPSchedule
 from .solver import sdedit_solve
 from .text import OpenCLIPTextEncoder
-from .unet import build_unet, check_latent_size, infer_unet_config, meta_unet
+from .unet import build_unet, channel_keys, check_latent_size, infer_unet_config, meta_unet
 from .vae import LATENT_SCALE, build_autoencoder
 
 
@@ -48,7 +48,11 @@ class MSVid2VidRefiner(UNetEnhancer):
         return int(t_start)  # the trailing plan starts exactly at t_start
 
     def alpha_sigma(self, t) -> tuple[float, float]:
-        a, s = self.schedule.alpha_sigma(torch.as_tensor(t).reshape(-1)[:1])
+        t = torch.as_tensor(t).reshape(-1)[:1]
+        n = self.schedule.num_timesteps
+        if t.numel() != 1 or not 0 <= int(t) < n:  # a negative index would wrap to the schedule's end
+            raise ValueError(f"timestep {t.tolist()[0] if t.numel() else None} is outside the schedule's 0..{n - 1}")
+        a, s = self.schedule.alpha_sigma(t)
         return float(a), float(s)
 
     def sample(self, noised: torch.Tensor, x0_fn: X0Fn, steps: int, t_start: int, seed: int = 0,
@@ -101,27 +105,36 @@ def load_ms_vid2vid(source, config=None, device="cpu", dtype=torch.float32) -> M
             vae_state = read_weights(vae_file) if vae_file else None
         else:
             unet_state, unet_where = read_weights(path), path
-    unet_cfg = infer_unet_config(unet_state, config)
+    unet_cfg = infer_unet_config(unet_state, config, where=unet_where)
+    read_from = channel_keys(unet_state, unet_cfg)
     file_names = file_state = None  # diffusers key -> the file's own (official) key and tensor, for errors
     if is_official_unet(unet_state):
-        file_state, unet_state = unet_state, convert_official_unet(unet_state, unet_cfg["layers_per_block"])
+        file_state = unet_state
+        unet_state = convert_official_unet(unet_state, unet_cfg["layers_per_block"], where=unet_where)
         file_names = {official_to_diffusers_key(k, unet_cfg["layers_per_block"]): k for k in file_state}
-    unet = build_unet(unet_cfg)
-    check_shapes(unet, unet_state, unet_where, SHAPE_FIX, file_names, file_state)
-    del file_state
-    missing, unexpected = unet.load_state_dict(unet_state, strict=False)
+    unet = build_unet(unet_cfg, where=unet_where, read_from=read_from)
+    # Keys first: a missing or renamed key the architecture is read from (transformer_in's, for the head size)
+    # makes every dependent tensor look mis-shaped; the key list names that key itself.
+    own = unet.state_dict()
+    missing = [k for k in own if k not in unet_state]
+    unexpected = [(file_names or {}).get(k, k) for k in unet_state if k not in own]
     if missing or unexpected:
         raise CheckpointError(f"{unet_where}: refiner UNet weights: {len(missing)} missing (e.g. {missing[:3]}), "
                            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); {SOURCES_FIX}")
-    del unet_state  # shape mismatches already raised inside load_state_dict
+    check_shapes(unet, unet_state, unet_where, SHAPE_FIX, file_names, file_state)
+    # load_state_dict copies an int8 or bool tensor into a float weight without a word: refuse it first
+    check_dtypes(unet_state, module_dtypes(unet), unet_where, SOURCES_FIX, file_names)
+    del file_state
+    unet.load_state_dict(unet_state, strict=True)
+    del unet_state
     text = None
     if text_state is not None:
-        heads = ((config or {}).get("text_encoder") or {}).get("open_clip_config", {}).get("text_cfg", {}).get("heads")
+        heads = config_value(config, "text_encoder", "open_clip_config", "text_cfg", "heads")
         text = OpenCLIPTextEncoder.from_state_dict(text_state, heads, where=text_where)
     vae = build_autoencoder(vae_state, where=vae_where) if vae_state is not None else None
     unet = unet.to(device) if dtype == torch.float32 else unet.to(device=device, dtype=dtype)
     model = MSVid2VidRefiner(unet, text, vae, dtype)
-    pixel_hw = ((config or {}).get("video") or {}).get("pixel_hw")
+    pixel_hw = config_value(config, "video", "pixel_hw")
     if pixel_hw:  # the size config's canvas (the test-size model works on 80x128 instead of 720x1280)
         model.canvas = (int(pixel_hw[0]), int(pixel_hw[1]))
     if text is not None:

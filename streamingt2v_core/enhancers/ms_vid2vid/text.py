@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...common.clip_bpe import CLIPTokenizer
-from ...common.state_dict import check_shapes
+from ...common.state_dict import check_dtypes, check_shapes, module_dtypes
 from ...common.weights import CheckpointError
 from .files import SHAPE_FIX, SOURCES_FIX
 
@@ -38,6 +38,17 @@ class _TextBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _dims(state: Mapping[str, torch.Tensor], key: str, ndim: int, where) -> tuple[int, ...]:
+    """The shape of `key`, which the architecture is read from: CheckpointError naming it when it is missing
+    or not `ndim`-dimensional with positive sizes."""
+    if key not in state:
+        raise CheckpointError(f"{where}: no {key}, so not an OpenCLIP text tower; {SOURCES_FIX}")
+    shape = tuple(state[key].shape)
+    if len(shape) != ndim or min(shape, default=0) < 1:
+        raise CheckpointError(f"{where}: {key} has shape {list(shape)}, expected {ndim} dims; {SHAPE_FIX}")
+    return shape
+
+
 @functools.lru_cache(maxsize=4)
 def _tokenizer(context: int) -> CLIPTokenizer:
     return CLIPTokenizer(49408, context)  # the BPE file is read once per context length
@@ -60,15 +71,25 @@ class OpenCLIPTextEncoder(nn.Module):
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], heads: int | None = None,
                         where="OpenCLIP text weights"):
         state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-        layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k)))
-        vocab, width = state["token_embedding.weight"].shape
-        enc = cls(vocab, state["positional_embedding"].shape[0], width, heads or width // 64, layers)
+        blocks = {int(m.group(1)) for k in state if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))}
+        if not blocks:
+            raise CheckpointError(f"{where}: no transformer.resblocks.* keys, so not an OpenCLIP text tower; "
+                                  f"{SOURCES_FIX}")
+        vocab, width = _dims(state, "token_embedding.weight", 2, where)
+        context = _dims(state, "positional_embedding", 2, where)[0]
+        heads = heads or width // 64
+        if heads < 1 or width % heads:
+            raise CheckpointError(f"{where}: token_embedding.weight {list(state['token_embedding.weight'].shape)} "
+                                  f"gives a width of {width}, which {heads} attention heads cannot split; "
+                                  f"{SHAPE_FIX}")
+        enc = cls(vocab, context, width, heads, 1 + max(blocks))
         own = enc.state_dict()
         missing = [k for k in own if k not in state]
         if missing:
             raise CheckpointError(f"{where}: the OpenCLIP text weights lack {missing[:5]} ({len(missing)} keys); "
                                f"{SOURCES_FIX}")
         check_shapes(enc, state, where, SHAPE_FIX)
+        check_dtypes(state, module_dtypes(enc), where, SOURCES_FIX)
         enc.load_state_dict({k: state[k] for k in own})
         return enc.eval().requires_grad_(False)
 

@@ -5,16 +5,17 @@ Hence the latent height must be 2 mod 8 and the width 0 mod 8 (720x1280 pixels -
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...common.unet3d import infer_unet3d_config
+from ...common.unet3d import count_indices, infer_unet3d_config, shape_dim
 from ...common.weights import CheckpointError
-from .files import SOURCES_FIX
-from .keys import is_official_unet, official_layers_per_block, official_shapes_as_diffusers
+from .files import SHAPE_FIX, SOURCES_FIX, config_value
+from .keys import is_official_unet, official_layers_per_block, official_shapes_as_diffusers, official_to_diffusers_key
 
 # What the shapes cannot tell: the head size when there is no initial temporal transformer (official 64).
 _UNET_BASE = dict(attention_head_dim=64, norm_num_groups=32)
@@ -22,8 +23,39 @@ _FROM_SHAPES = ("in_channels", "out_channels", "block_out_channels", "layers_per
                 "up_block_types", "cross_attention_dim")
 
 
-def infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = None) -> dict:
-    """UNet3DConditionModel kwargs from the official or diffusers tensor shapes (CheckpointError if incomplete).
+# Where each architecture number is read: the diffusers key(s) and the dims a usable one has.
+_CROSS_ATTN_KEY = re.compile(r"down_blocks\.\d+\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k\.weight")
+
+
+def _read_from(name: str, shapes: Mapping[str, tuple]) -> tuple[list[str], int]:
+    if name == "in_channels":
+        return ["conv_in.weight"], 4
+    if name == "out_channels":
+        return ["conv_out.weight"], 4
+    if name == "block_out_channels":
+        return [f"down_blocks.{i}.resnets.0.conv2.weight"
+                for i in range(max(1, count_indices(shapes, r"down_blocks\.(\d+)\.")))], 4
+    if name == "cross_attention_dim":
+        return sorted(k for k in shapes if _CROSS_ATTN_KEY.fullmatch(k))[:1] or [
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"], 2
+    return [], 0
+
+
+def _unreadable(name: str, shapes: Mapping[str, tuple], file_names: Mapping[str, str]) -> str:
+    """Which key keeps `name` from being read off the shapes, by the file's own name where it has one."""
+    keys, ndim = _read_from(name, shapes)
+    for key in keys:
+        if key not in shapes:
+            return f"key {key} (diffusers name) is missing"
+        if shape_dim(shapes, key, ndim, 0) is None:
+            return f"key {file_names.get(key, key)} has shape {list(shapes[key])}, expected {ndim} dims"
+    return "its keys are missing"
+
+
+def infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = None,
+                      where="the refiner UNet weights") -> dict:
+    """UNet3DConditionModel kwargs from the official or diffusers tensor shapes (CheckpointError naming `where`
+    and the key that cannot be read if incomplete).
 
     Official key names are renamed to diffusers' first, so the architecture is read by the pack's one
     UNet3D inferrer (common.unet3d). The attention head size comes from `config` (the size config hook:
@@ -31,26 +63,28 @@ def infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = N
     transformer (8 heads; official 64).
     """
     try:
-        return _infer_unet_config(state, config)
-    except (KeyError, ValueError, ZeroDivisionError) as exc:
+        return _infer_unet_config(state, config, where)
+    except (KeyError, ValueError, ZeroDivisionError, TypeError) as exc:
         if isinstance(exc, CheckpointError):
             raise
-        raise CheckpointError(f"the refiner UNet weights are incomplete or not a 3-D UNet (no {exc}); "
-                           f"{SOURCES_FIX}") from None
+        raise CheckpointError(f"{where}: incomplete or not a 3-D UNet (no {exc}); {SOURCES_FIX}") from None
 
 
-def _infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = None) -> dict:
-    kw = ((config or {}).get("unet") or {}).get("kwargs") or {}
-    head_dim = kw.get("head_dim", (config or {}).get("attention_head_dim"))
+def _infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None, where) -> dict:
+    head_dim = config_value(config, "unet", "kwargs", "head_dim", default=config_value(config, "attention_head_dim"))
     shapes = {k: tuple(v.shape) for k, v in state.items()}
+    file_names: dict[str, str] = {}  # diffusers key -> the file's official key
     if is_official_unet(state):
-        shapes = official_shapes_as_diffusers(shapes, official_layers_per_block(shapes))
+        layers = official_layers_per_block(shapes)
+        file_names = {official_to_diffusers_key(k, layers): k for k in shapes if _has_diffusers_name(k, layers)}
+        shapes = official_shapes_as_diffusers(shapes, layers)
     cfg = infer_unet3d_config(shapes, base=_UNET_BASE)
     missing = next((name for name in _FROM_SHAPES if name not in cfg), None)
     if missing is not None:
-        raise KeyError(missing)
+        raise CheckpointError(f"{where}: incomplete or not a 3-D UNet (its {missing} cannot be read: "
+                              f"{_unreadable(missing, shapes, file_names)}); {SOURCES_FIX}")
     if not any(t.startswith("CrossAttn") for t in cfg["down_block_types"]):
-        raise CheckpointError("the refiner UNet has no cross-attention layers; " + SOURCES_FIX)
+        raise CheckpointError(f"{where}: the refiner UNet has no cross-attention layers; {SOURCES_FIX}")
     if head_dim is not None:
         cfg["attention_head_dim"] = head_dim
     out = {name: cfg[name] for name in _FROM_SHAPES}
@@ -58,6 +92,14 @@ def _infer_unet_config(state: Mapping[str, torch.Tensor], config: dict | None = 
         out[name] = tuple(out[name])
     out.update(attention_head_dim=int(cfg["attention_head_dim"]), norm_num_groups=cfg["norm_num_groups"])
     return out
+
+
+def _has_diffusers_name(key: str, layers: int) -> bool:
+    try:
+        official_to_diffusers_key(key, layers)
+    except KeyError:
+        return False
+    return True
 
 
 class CroppedUpsample(nn.Module):
@@ -72,11 +114,37 @@ class CroppedUpsample(nn.Module):
         return self.conv(x)
 
 
-def build_unet(unet_config: dict, official_resampling: bool = True):
-    """diffusers UNet3DConditionModel; `official_resampling` applies the two MS-Vid2Vid layer fixes."""
+# What diffusers can raise on a config read off shapes that fit no UNet (argument checks, GroupNorm's
+# divisibility, a head count of zero).
+_BUILD_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, IndexError, ZeroDivisionError, AssertionError,
+                 AttributeError)
+
+
+def channel_keys(state: Mapping[str, torch.Tensor], unet_config: dict) -> list[str]:
+    """The keys (the file's names) whose shapes gave `block_out_channels`, one per level."""
+    levels = range(len(unet_config["block_out_channels"]))
+    if is_official_unet(state):
+        step = unet_config["layers_per_block"] + 1  # each level: its resnets, then a Downsample
+        return [f"input_blocks.{i * step + 1}.0.out_layers.3.weight" for i in levels]
+    return [f"down_blocks.{i}.resnets.0.conv2.weight" for i in levels]
+
+
+def build_unet(unet_config: dict, official_resampling: bool = True, where=None, read_from=()):
+    """diffusers UNet3DConditionModel; `official_resampling` applies the two MS-Vid2Vid layer fixes. With
+    `where` (the weights the config was read from, `read_from` the keys that gave its channel widths), a config
+    that builds no UNet is a CheckpointError naming them."""
     from diffusers import UNet3DConditionModel
 
-    unet = UNet3DConditionModel(**unet_config)
+    try:
+        unet = UNet3DConditionModel(**unet_config)
+    except _BUILD_ERRORS as exc:
+        if where is None:
+            raise
+        shown = {k: unet_config.get(k) for k in ("block_out_channels", "layers_per_block", "cross_attention_dim",
+                                                 "attention_head_dim", "norm_num_groups")}
+        keys = f", channel widths read from {', '.join(read_from)}" if read_from else ""
+        raise CheckpointError(f"{where}: the tensor shapes describe no 3-D UNet ({shown}{keys}: "
+                              f"{type(exc).__name__}: {exc}); {SHAPE_FIX}") from exc
     if official_resampling:
         apply_official_resampling(unet)
     return unet.eval().requires_grad_(False)

@@ -124,3 +124,20 @@ def test_bad_offsets_are_rejected():
         frame_owners(40, [0, 16], 24, torch.tensor([8]))
     with pytest.raises(ValueError, match="offsets"):
         frame_owners(40, [0, 16], 24, torch.tensor([1, 2]))
+
+
+def test_chunk_layouts_that_do_not_cover_the_video_are_rejected():
+    """starts/chunk_len that leave frames uncovered, or run past the video, used to index silently."""
+    with pytest.raises(ValueError, match=r"starts \[0, 16\].*24 frames.*frame 40.*48 frames"):
+        frame_owners(48, [0, 16], 24, torch.tensor([3]))  # frames 40..47 in no chunk
+    with pytest.raises(ValueError, match=r"starts.*\[2, 16\].*begin at 0"):
+        frame_owners(40, [2, 16], 24, torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"starts.*\[0, 30, 16\]"):
+        frame_owners(40, [0, 30, 16], 24, torch.tensor([3, 3]))
+    x = torch.randn(1, 4, 40, 2, 2)
+    with pytest.raises(ValueError, match=r"x has 40 frames.*24 frames.*\[0, 24\].*48"):
+        split_chunks(x, [0, 24], 24)  # the second chunk would hold 16 frames
+    with pytest.raises(ValueError, match=r"x.*\(B, C, F, h, w\).*\(4, 40, 2, 2\)"):
+        split_chunks(x[0], [0, 16], 24)
+    with pytest.raises(ValueError, match=r"chunk_x0.*\(K\*B, C, 24, h, w\).*\(8, 24, 2, 2\)"):
+        stitch_x0(torch.randn(8, 24, 2, 2), [0, 16], 24, 40, torch.tensor([3]))

@@ -44,3 +44,61 @@ def test_no_preview_without_an_autoencoder(tiny):
         latent_scale = tiny.latent_scale
 
     assert preview(NoVAE(), torch.zeros(1, 4, 3, 10, 16)) is None
+
+
+def _diffusers_refiner():
+    from diffusers import DDIMScheduler, UNet3DConditionModel
+
+    from streamingt2v_core.enhancers.diffusers_t2v import DiffusersT2VRefiner
+
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=32,
+                                down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                                up_block_types=("UpBlock3D", "CrossAttnUpBlock3D")).eval()
+    return DiffusersT2VRefiner(unet, DDIMScheduler())
+
+
+BAD_X0_CALLS = [
+    ("context batch 2 of 3", dict(context=torch.zeros(2, 77, 32)), r"context.*batch 2.*3"),
+    ("negative batch 2 of 3", dict(negative_context=torch.zeros(2, 77, 32)), r"negative_context.*batch 2.*3"),
+    ("context width", dict(context=torch.zeros(1, 77, 16)), r"context.*\(1, 77, 16\).*32"),
+    ("negative tokens", dict(negative_context=torch.zeros(1, 70, 32)),
+     r"negative_context.*\(1, 70, 32\).*context.*\(1, 77, 32\)"),
+    ("x_t channels", dict(x_t=torch.zeros(3, 3, 4, 8, 8)), r"x_t.*3 channels.*4"),
+    ("x_t 4-D", dict(x_t=torch.zeros(3, 4, 8, 8)), r"x_t.*\(B, 4, F, h, w\)"),
+    ("x_t integer", dict(x_t=torch.zeros(3, 4, 4, 8, 8, dtype=torch.long)), r"x_t.*torch.int64"),
+    ("two timesteps", dict(t=torch.tensor([500, 400])), r"t.*\[500, 400\].*one timestep"),
+]
+
+
+@pytest.mark.parametrize("kw, message", [c[1:] for c in BAD_X0_CALLS], ids=[c[0] for c in BAD_X0_CALLS])
+def test_predict_x0_refuses_inconsistent_inputs(monkeypatch, kw, message):
+    refiner = _diffusers_refiner()
+    monkeypatch.setattr(refiner.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran before the check"))
+    args = dict(x_t=torch.zeros(3, 4, 4, 8, 8), t=torch.tensor([500]), context=torch.zeros(1, 77, 32),
+                negative_context=torch.zeros(1, 77, 32))
+    args.update(kw)
+    with pytest.raises(ValueError, match=message):
+        refiner.predict_x0(**args)
+
+
+def test_predict_x0_takes_one_context_per_chunk_or_one_for_all():
+    """A context of batch 1 or of the chunk batch are the same call; t may be 0-d, (1,) or (B,) of one value."""
+    refiner = _diffusers_refiner()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 4, 8, 8, generator=g)
+    ctx, neg = torch.randn(1, 77, 32, generator=g), torch.randn(1, 77, 32, generator=g)
+    ref = refiner.predict_x0(x, torch.tensor([500]), ctx, neg)
+    torch.testing.assert_close(refiner.predict_x0(x, torch.tensor([500, 500]), ctx.repeat(2, 1, 1), neg), ref,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(refiner.predict_x0(x, torch.tensor(500), ctx, neg.repeat(2, 1, 1)), ref, rtol=0, atol=0)
+
+
+def test_alpha_sigma_refuses_timesteps_outside_the_schedule(tiny):
+    refiner = _diffusers_refiner()
+    for enhancer in (tiny, refiner):
+        for t in (-1, 1000):
+            with pytest.raises(ValueError, match=rf"timestep {t}.*0\.\.999"):
+                enhancer.alpha_sigma(t)
+        assert enhancer.alpha_sigma(999)[0] >= 0

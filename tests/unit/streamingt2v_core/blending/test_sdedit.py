@@ -115,3 +115,51 @@ def test_refine_latents_keeps_every_frame(frames):
     echo.calls.clear()
     refine_latents(echo, noised, ctx, ctx, steps=3, seed=1, chunk_batch=2)
     assert len(echo.calls) == 3 * -(-n_chunks // 2)
+
+
+BAD_REFINES = [
+    ("context batch 2 of 3", dict(noised=torch.zeros(3, 4, 16, 2, 2), context=torch.zeros(2, 77, 8)),
+     r"context.*batch 2.*3"),
+    ("negative width", dict(negative_context=torch.zeros(1, 77, 16)),
+     r"negative_context.*\(1, 77, 16\).*context.*\(1, 77, 8\)"),
+    ("negative batch", dict(noised=torch.zeros(2, 4, 16, 2, 2), negative_context=torch.zeros(3, 77, 8)),
+     r"negative_context.*batch 3.*2"),
+    ("context 2-D", dict(context=torch.zeros(77, 8)), r"context.*\(1, tokens, width\).*\(77, 8\)"),
+    ("integer latent", dict(noised=torch.zeros(1, 4, 16, 2, 2, dtype=torch.long)), r"noised.*torch.int64"),
+    ("no steps", dict(steps=0), r"steps.*0.*at least 1"),
+    ("t_start below 0", dict(t_start=-1), r"t_start.*-1"),
+]
+
+
+@pytest.mark.parametrize("kw, message", [c[1:] for c in BAD_REFINES], ids=[c[0] for c in BAD_REFINES])
+def test_refine_latents_refuses_inconsistent_inputs(kw, message):
+    from streamingt2v_core.blending.sdedit import refine_latents
+
+    echo = _FrameEcho()
+    args = dict(noised=torch.zeros(1, 4, 16, 2, 2), context=torch.zeros(1, 77, 8), negative_context=torch.zeros(1, 77, 8))
+    args.update(kw)
+    with pytest.raises(ValueError, match=message):
+        refine_latents(echo, args.pop("noised"), args.pop("context"), args.pop("negative_context"), **args)
+    assert echo.calls == []  # refused before any denoiser call
+
+
+BAD_IMAGES = [
+    ("channels first", torch.rand(4, 3, 32, 32), r"images.*\(4, 3, 32, 32\).*permute\(0, 2, 3, 1\)"),
+    ("uint8", (torch.rand(4, 32, 32, 3) * 255).to(torch.uint8), r"images.*torch.uint8.*/ 255"),
+    ("0..255 floats", torch.rand(4, 32, 32, 3) * 255, r"images.*\[0, 1\]"),
+    ("[-1, 1] floats", torch.rand(4, 32, 32, 3) * 2 - 1, r"images.*\[0, 1\]"),
+    ("no frames", torch.rand(0, 32, 32, 3), r"images.*no frames"),
+]
+
+
+@pytest.mark.parametrize("images, message", [c[1:] for c in BAD_IMAGES], ids=[c[0] for c in BAD_IMAGES])
+def test_refine_video_refuses_wrong_images(tiny, monkeypatch, images, message):
+    monkeypatch.setattr(tiny, "encode_prompt", lambda *a, **k: pytest.fail("the prompt was encoded before the check"))
+    with pytest.raises(ValueError, match=message):
+        refine_video(tiny, images, "a cat", "", steps=1, canvas=TINY_CANVAS)
+
+
+def test_refine_video_refuses_a_strength_outside_the_schedule(tiny, monkeypatch):
+    monkeypatch.setattr(tiny, "encode_prompt", lambda *a, **k: pytest.fail("the prompt was encoded before the check"))
+    with pytest.raises(ValueError, match=r"strength_step.*0.*at least 1"):
+        refine_video(tiny, torch.rand(4, 32, 32, 3), "a cat", "", strength_step=0, steps=1, canvas=TINY_CANVAS)

@@ -152,3 +152,24 @@ def test_check_shapes_names_file_keys_and_fix():
         sd.check_shapes(module, {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}, "f.safetensors", "fix it")
     assert str(err.value) == ("f.safetensors: 1 tensor(s) have the wrong shape for the model:\n"
                               "  weight: expected [2, 3], found [2, 4]\nfix it")
+
+
+def test_check_dtypes_names_file_key_dtype_and_fix():
+    """An integer, bool or fp8 tensor where the model holds a float weight is refused before loading (torch
+    would copy it into the weight, or raise a RuntimeError naming neither file nor key); fp16, bf16 and fp64
+    are weights in another precision and pass."""
+    expected = {"a.weight": torch.float32, "b.weight": torch.float32, "c.weight": torch.float32,
+                "steps": torch.int64}
+    ok = {"a.weight": torch.zeros(2, dtype=torch.float16), "b.weight": torch.zeros(2, dtype=torch.bfloat16),
+          "c.weight": torch.zeros(2, dtype=torch.float64), "steps": torch.tensor(3)}
+    sd.check_dtypes(ok, expected, "m.safetensors", FIX)
+    bad = dict(ok, **{"a.weight": torch.zeros(2, dtype=torch.int8), "b.weight": torch.zeros(2, dtype=torch.bool),
+                      "c.weight": torch.zeros(2).to(torch.float8_e4m3fn), "steps": torch.tensor(3.0)})
+    with pytest.raises(CheckpointError) as err:
+        sd.check_dtypes(bad, expected, "m.safetensors", FIX, names={"a.weight": "file.a"})
+    msg = str(err.value)
+    assert msg.startswith("m.safetensors: 4 tensor(s) have a dtype the model cannot use")
+    for line in ("file.a: found int8, expected a floating-point weight", "b.weight: found bool",
+                 "c.weight: found float8_e4m3fn", "steps: found float32, expected int64"):
+        assert line in msg, msg
+    assert "unquantised" in msg and FIX in msg

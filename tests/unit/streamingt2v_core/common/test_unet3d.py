@@ -140,3 +140,23 @@ def test_encoder_forward_equals_diffusers_forward(small_unet):
     unet_encoder_forward(small_unet, sample.permute(0, 2, 1, 3, 4).reshape(b * f, 4, 8, 8), emb, context, f,
                          after_transformer_in=lambda x: added.append(x) or x + 1)
     assert len(added) == 1 and added[0].shape == skips[0].shape
+
+
+@pytest.mark.parametrize("key, shape", [
+    ("down_blocks.0.resnets.0.conv2.weight", ()),  # 0-d: IndexError before the ndim check
+    ("down_blocks.0.resnets.0.conv2.weight", (1,)),
+    ("conv_in.weight", (1,)), ("conv_out.weight", (4, 32)), ("transformer_in.proj_in.weight", (12, 64)),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight", (64,)),
+])
+def test_odd_shapes_leave_the_base_value(key, shape):
+    """A key shape inference reads with the wrong number of dims (or a 1-element tensor) keeps the base
+    value, so the key check that follows names that key instead of an IndexError naming nothing."""
+    shapes = {k[len("base_model."):]: s for k, s in TINY.items() if k.startswith("base_model.")}
+    good = infer_unet3d_config(shapes, base=OFFICIAL_UNET)
+    shapes[key] = shape
+    odd = infer_unet3d_config(shapes, base=OFFICIAL_UNET)
+    changed = {k for k in good if good[k] != odd[k]}
+    assert changed <= {"block_out_channels", "in_channels", "out_channels", "attention_head_dim",
+                       "cross_attention_dim"}
+    for k in changed:
+        assert odd[k] == OFFICIAL_UNET[k], k  # left at the base value

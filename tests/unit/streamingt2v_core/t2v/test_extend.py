@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from streamingt2v_core.t2v.config import StreamingT2VConfig
-from streamingt2v_core.t2v.extend import (StreamConditioning, chunk_prompts, chunks_for_frames, generate_chunk,
-                                         split_prompts, stream_problem)
+from streamingt2v_core.t2v.extend import (StreamConditioning, chunk_prompts, chunks_for_frames, extend_video,
+                                         generate_chunk, split_prompts, stream_problem)
 
 
 def test_chunks_for_frames():
@@ -44,7 +44,8 @@ def test_extend_video_applies_prompts_chunk_by_chunk(tiny_model, monkeypatch):
                         lambda model, tail, cond, *a, **k: seen.append(cond.prompt) or torch.zeros(16, 3, 64, 64))
     monkeypatch.setattr(extend.StreamConditioning, "build", classmethod(
         lambda cls, model, prompt, *a, **k: type("C", (), {"prompt": prompt})()))
-    extend.extend_video(tiny_model, torch.rand(8, 3, 64, 64), 3, ["a", "b"], anchor_tokens=torch.zeros(1, 16, 8))
+    extend.extend_video(tiny_model, torch.rand(8, 3, 64, 64), 3, ["a", "b"],
+                        anchor_tokens=torch.zeros(1, 16, tiny_model.config.context_dim))
     assert seen == ["a", "b", "b"]
 
 
@@ -72,3 +73,72 @@ def test_guidance_rows(tiny_model):
         hook.remove()
     assert rows == [2, 2, 1, 1]
     assert guided.shape == plain.shape == (16, 3, 64, 64) and (guided - plain).abs().max() > 1e-4
+
+
+def _no_heavy_work(monkeypatch, model):
+    """The encoders and the denoiser fail the test if they run: the checks must come first."""
+    for name in ("encode_prompt", "encode_anchor", "encode_cond_frames", "predict_noise"):
+        monkeypatch.setattr(model, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} ran before the check"))
+
+
+def _cond(model, rows=2, tokens=93, width=None):
+    return StreamConditioning(torch.zeros(rows, tokens, width or model.config.context_dim))
+
+
+BAD_CHUNKS = [
+    ("IMAGE layout", lambda f: f.permute(0, 2, 3, 1), {}, r"prev_frames.*\(8, 64, 64, 3\).*permute\(0, 3, 1, 2\)"),
+    ("uint8 frames", lambda f: (f * 255).to(torch.uint8), {}, r"prev_frames.*torch.uint8.*/ 255"),
+    ("frames in [-1, 1]", lambda f: f * 2 - 1, {}, r"prev_frames.*\[0, 1\]"),
+    ("frames in 0..255", lambda f: f * 255, {}, r"prev_frames.*\[0, 1\]"),
+    ("one context row, guided", None, dict(rows=1), r"cond.context.*\(1, 93, 1024\).*2 rows"),
+    ("context width", None, dict(width=512), r"cond.context.*\(2, 93, 512\).*1024"),
+    ("context without APM tokens", None, dict(tokens=77), r"cond.context.*\(2, 77, 1024\).*93"),
+]
+
+
+@pytest.mark.parametrize("frames_change, cond_kw, message", [c[1:] for c in BAD_CHUNKS], ids=[c[0] for c in BAD_CHUNKS])
+def test_generate_chunk_refuses_inconsistent_inputs(tiny_model, monkeypatch, frames_change, cond_kw, message):
+    frames = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    if frames_change is not None:
+        frames = frames_change(frames)
+    cond = _cond(tiny_model, **cond_kw)
+    _no_heavy_work(monkeypatch, tiny_model)
+    with pytest.raises(ValueError, match=message):
+        generate_chunk(tiny_model, frames, cond, steps=1, guidance=7.5)
+
+
+def test_generate_chunk_checks_steps_before_encoding(tiny_model, monkeypatch):
+    _no_heavy_work(monkeypatch, tiny_model)
+    with pytest.raises(ValueError, match="steps must be between 1 and 1000"):
+        generate_chunk(tiny_model, torch.rand(8, 3, 64, 64), _cond(tiny_model), steps=0)
+
+
+BAD_STREAMS = [
+    ("too few frames", dict(frames=torch.rand(4, 3, 64, 64)), r"stream: 4 frames.*at least 8"),
+    ("IMAGE layout", dict(frames=torch.rand(8, 64, 64, 3)), r"frames.*\(8, 64, 64, 3\).*permute\(0, 3, 1, 2\)"),
+    ("uint8 frames", dict(frames=torch.full((8, 3, 64, 64), 200, dtype=torch.uint8)), r"frames.*torch.uint8"),
+    ("frames in 0..255", dict(frames=torch.rand(8, 3, 64, 64) * 255), r"frames.*\[0, 1\]"),
+    ("size", dict(frames=torch.rand(8, 3, 60, 64)), r"divisible by 8"),
+    ("steps", dict(steps=0), r"steps must be between 1 and 1000"),
+    ("anchor batch", dict(anchor=torch.rand(1, 3, 64, 64)), r"anchor.*\(3, H, W\).*\(1, 3, 64, 64\)"),
+    ("anchor in [-1, 1]", dict(anchor=torch.rand(3, 64, 64) * 2 - 1), r"anchor.*\[0, 1\]"),
+    ("anchor_tokens of 2 rows", dict(anchor_tokens=torch.zeros(2, 16, 1024)),
+     r"anchor_tokens.*\(2, 16, 1024\).*\(1, 16, 1024\)"),
+    ("anchor_tokens width", dict(anchor_tokens=torch.zeros(1, 16, 512)), r"anchor_tokens.*\(1, 16, 512\).*1024"),
+]
+
+
+@pytest.mark.parametrize("kw, message", [c[1:] for c in BAD_STREAMS], ids=[c[0] for c in BAD_STREAMS])
+def test_extend_video_checks_its_inputs_before_encoding(tiny_model, monkeypatch, kw, message):
+    kw = {"frames": torch.rand(8, 3, 64, 64), **kw}
+    _no_heavy_work(monkeypatch, tiny_model)
+    with pytest.raises(ValueError, match=message):
+        extend_video(tiny_model, kw.pop("frames"), 1, "a cat", **kw)
+
+
+def test_stream_conditioning_checks_the_anchor(tiny_model, monkeypatch):
+    _no_heavy_work(monkeypatch, tiny_model)
+    with pytest.raises(ValueError, match=r"anchor.*\(64, 64, 3\).*permute\(2, 0, 1\)"):
+        StreamConditioning.build(tiny_model, "a cat", anchor=torch.rand(64, 64, 3))
+    with pytest.raises(ValueError, match=r"anchor_tokens.*\(1, 8, 1024\).*\(1, 16, 1024\)"):
+        StreamConditioning.build(tiny_model, "a cat", anchor_tokens=torch.zeros(1, 8, 1024))

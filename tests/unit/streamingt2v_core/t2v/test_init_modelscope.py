@@ -100,6 +100,38 @@ def test_wrong_weights_are_named(tiny_models, tmp_path):
         load_modelscope_unet(tmp_path / "absent.safetensors")
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+def test_integer_and_fp8_weights_are_refused(tiny_models, tmp_path, dtype):
+    """Before: the loader cast an int8 or fp8 tensor to the compute dtype and ran integers (or 3-bit mantissas)
+    as the weights. Now: CheckpointError naming the file, the key and the dtype."""
+    from safetensors.torch import load_file, save_file
+
+    from streamingt2v_core.common.weights import CheckpointError
+    from streamingt2v_core.t2v.init_modelscope import load_modelscope_unet
+
+    state = load_file(tiny_models / "diffusion_models" / "tiny_modelscope_t2v.safetensors")
+    state["conv_in.weight"] = (state["conv_in.weight"] * 8).to(dtype)
+    path = tmp_path / "quantised.safetensors"
+    save_file(state, path)
+    with pytest.raises(CheckpointError) as err:
+        load_modelscope_unet(path)
+    msg = str(err.value)
+    assert str(path) in msg and f"conv_in.weight: found {str(dtype).replace('torch.', '')}" in msg, msg
+
+
+def test_unreadable_file_names_the_modelscope_fix(tmp_path):
+    """Before: a broken file's message ended in the StreamingT2V checkpoint's fix (put streaming_t2v.ckpt ...)."""
+    from streamingt2v_core.common.weights import CheckpointError
+    from streamingt2v_core.t2v.init_modelscope import load_modelscope_unet
+
+    path = tmp_path / "unet.safetensors"
+    path.write_bytes(b"<html>not found</html>")
+    with pytest.raises(CheckpointError) as err:
+        load_modelscope_unet(path)
+    msg = str(err.value)
+    assert str(path) in msg and "text-to-video-ms-1.7b" in msg and "streaming_t2v.ckpt" not in msg, msg
+
+
 def test_scheduler_is_dpm_solver_pp_order_2(st_model):
     from diffusers import DPMSolverMultistepScheduler
 
@@ -152,3 +184,24 @@ def test_seed_and_prompts_change_the_chunk(st_model, unet):
     assert other.shape == (16, 3, 48, 80)
     with pytest.raises(ValueError, match="multiples of 8"):
         generate_first_chunk(unet, st_model, "a cat", steps=1, height=60)
+
+
+def test_first_chunk_checks_before_the_loop(st_model, unet, monkeypatch):
+    """Frame counts, sizes and a UNet that does not fit the stage-2 model are refused before any encoding."""
+    from diffusers import UNet3DConditionModel
+
+    from streamingt2v_core.t2v.init_modelscope import generate_first_chunk
+
+    monkeypatch.setattr(st_model, "encode_prompt", lambda *a, **k: pytest.fail("the prompt was encoded before the check"))
+    with pytest.raises(ValueError, match=r"num_frames.*0.*at least 1"):
+        generate_first_chunk(unet, st_model, "a cat", steps=1, num_frames=0)
+    with pytest.raises(ValueError, match=r"steps.*0.*at least 1"):
+        generate_first_chunk(unet, st_model, "a cat", steps=0)
+    with pytest.raises(ValueError, match=r"height/width 0x64.*positive"):
+        generate_first_chunk(unet, st_model, "a cat", steps=1, height=0)
+    other = UNet3DConditionModel(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                                 attention_head_dim=8, norm_num_groups=32,
+                                 down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                                 up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
+    with pytest.raises(ValueError, match=r"unet.*cross_attention_dim 32.*1024"):
+        generate_first_chunk(other, st_model, "a cat", steps=1)

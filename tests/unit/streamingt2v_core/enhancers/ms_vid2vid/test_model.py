@@ -78,6 +78,61 @@ def test_misshaped_tensor_names_file_key_shapes_and_fix(tmp_path, fmt, component
     assert "Fix: " in msg and "download it again" in msg
 
 
+def test_hostile_single_ckpt_is_refused_naming_the_file(tmp_path):
+    """Before: a single .ckpt whose pickle carries code beside a few UNet tensors was refused, but as 'the
+    refiner UNet weights are incomplete', naming no file. The code never runs either way."""
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Hostile:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    unet = make_tiny_refiner.tiny_component("unet")
+    path = tmp_path / "refiner.ckpt"
+    torch.save({"state_dict": {k: unet[k] for k in ("input_blocks.0.0.weight", "out.2.weight")},
+                "loops": [[Hostile()]], "hyper_parameters": Hostile()}, path)
+    with pytest.raises(RefinerLoadError) as err:
+        load_refiner(path)
+    assert str(err.value).startswith(f"{path}: ") and "non_ema_0035000.pth" in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("component, key", [("unet", "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"),
+                                            ("autoencoder", "first_stage_model.decoder.conv_in.weight")])
+def test_integer_weight_is_refused_not_copied(tmp_path, component, key):
+    """Before: load_state_dict copied an int8 tensor into the float weight without a word."""
+    from safetensors.torch import load_file, save_file
+
+    folder = make_tiny_refiner.write(tmp_path / "tiny", "converted", components=("unet", component))
+    path = folder / make_tiny_refiner.CONVERTED_FILES[component]
+    state = load_file(str(path))
+    state[key] = (state[key] * 8).to(torch.int8)
+    save_file(state, str(path))
+    with pytest.raises(RefinerLoadError) as err:
+        load_refiner(folder)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and f"{key}: found int8" in msg, msg
+
+
+@pytest.mark.parametrize("key, shape", [("input_blocks.0.0.weight", (1,)),
+                                        ("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", ()),
+                                        ("input_blocks.1.0.out_layers.3.weight", (1, 1, 1, 1))])
+def test_odd_shaped_key_of_shape_inference_is_named(tmp_path, key, shape):
+    """Before: 'incomplete or not a 3-D UNet (no in_channels)' naming neither file nor key, or a diffusers
+    GroupNorm ValueError."""
+    from safetensors.torch import load_file, save_file
+
+    folder = make_tiny_refiner.write(tmp_path / "tiny", "converted", components=("unet",))
+    path = folder / "unet.safetensors"
+    save_file(dict(load_file(str(path)), **{key: torch.ones(shape)}), str(path))
+    with pytest.raises(RefinerLoadError) as err:
+        load_refiner(folder)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and key in msg, msg
+
+
 def _meta_state(manifest):
     rows = [line.split("\t") for line in (DATA / manifest).read_text().splitlines()[1:]]
     return {r[0]: torch.empty(json.loads(r[1]), device="meta") for r in rows}
