@@ -4,12 +4,50 @@ catalogue of well-known foreign layouts, so that a wrong file is named for what 
 family: each family passes its model name, the file it expects, its fix and its top-level prefixes."""
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from .weights import CheckpointError
+
+# What building a model from shapes read off a file can raise when those shapes fit no architecture
+# (diffusers' argument checks, GroupNorm's divisibility, a head count of zero): the loaders re-raise it as
+# CheckpointError naming the keys that do not fit.
+BUILD_ERRORS: tuple = (ValueError, RuntimeError, KeyError, TypeError, IndexError, ZeroDivisionError, AssertionError,
+                       AttributeError)
+try:  # transformers' configs validate themselves with huggingface_hub's strict dataclasses (not ValueErrors)
+    from huggingface_hub.errors import StrictDataclassError
+
+    BUILD_ERRORS += (StrictDataclassError,)
+except ImportError:  # older huggingface_hub: its configs raise ValueError
+    pass
+
+
+def wrong_key_count(shapes: Mapping[str, tuple], expected: Mapping[str, tuple]) -> int:
+    """Keys of `shapes` missing from, unexpected in or mis-shaped against `expected`."""
+    return (len(set(shapes) ^ set(expected))
+            + sum(1 for k in expected if k in shapes and tuple(shapes[k]) != tuple(expected[k])))
+
+
+def shapes_of(build: Callable[[], nn.Module]) -> dict | None:
+    """Key -> shape of the module `build()` makes (build on the meta device), or None when it builds none."""
+    try:
+        return {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    except BUILD_ERRORS:
+        return None
+
+
+def closer_fit(shapes: Mapping[str, tuple], inferred: Mapping[str, tuple],
+               build_base: Callable[[], nn.Module]) -> Mapping[str, tuple]:
+    """The expected shapes that explain a file best: `inferred` (the architecture read off the file), or the
+    base architecture's when it leaves fewer wrong keys. One odd tensor among those the architecture is read
+    from makes every key that depends on it look wrong under the inferred one; the base one names that tensor."""
+    wrong = wrong_key_count(shapes, inferred)
+    if not wrong:
+        return inferred
+    base = shapes_of(build_base)
+    return base if base is not None and wrong_key_count(shapes, base) < wrong else inferred
 
 
 def misshaped_error(where, rows: list[tuple[str, list, list]], fix: str, limit: int = 10) -> CheckpointError:

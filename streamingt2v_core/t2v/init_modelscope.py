@@ -8,7 +8,6 @@ the stage-2 model here and only the UNet is loaded separately.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +16,7 @@ import torch
 
 from ..common.guidance import cfg
 from ..common.unet3d import infer_unet3d_config
-from ..common.weights import CheckpointError, read_weights_with_meta
+from ..common.weights import CheckpointError, read_json, read_weights_with_meta
 from .config import OFFICIAL_UNET
 
 # The stage-2 base UNet is ModelScope's, so its official config is the ModelScope UNet's config.
@@ -40,13 +39,10 @@ def _weights_in_folder(folder: Path) -> Path:
 
 
 def _read_config(cand: Path) -> dict:
-    try:
-        data = json.loads(cand.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{cand}: not valid JSON ({exc}); fix the file or delete it") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{cand}: expected a JSON object with the UNet configuration, got "
-                              f"{type(data).__name__}; fix the file or delete it")
+    data = read_json(cand)
+    if data is None:
+        raise CheckpointError(f"{cand}: no such config file; give the UNet's config.json, or no config to read "
+                              f"the architecture from the weights")
     return data
 
 
@@ -56,16 +52,6 @@ def _config_for(path: Path) -> Optional[dict]:
         if cand.is_file():
             return _read_config(cand)
     return None
-
-
-# What building the UNet from shapes read off a file can raise when they fit no architecture (diffusers'
-# argument checks, GroupNorm's divisibility, a head count of zero): re-raised as CheckpointError.
-_BUILD_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, IndexError, ZeroDivisionError, AssertionError,
-                 AttributeError)
-
-
-def _wrong_keys(expected: dict, shapes: dict) -> int:
-    return len(set(expected) ^ set(shapes)) + sum(1 for k in expected if k in shapes and expected[k] != shapes[k])
 
 
 def _build_on_meta(unet_config: dict):
@@ -92,7 +78,7 @@ def load_modelscope_unet(source, config=None, device="cpu", dtype=torch.float32)
     `<stem>.json` or a diffusers `config.json` beside it, else the architecture from the shapes) or a
     diffusers folder. Weights are read memory-mapped; missing, unknown, mis-shaped or non-float keys raise
     `CheckpointError` naming them."""
-    from ..common.state_dict import check_dtypes, module_dtypes
+    from ..common.state_dict import BUILD_ERRORS, check_dtypes, closer_fit, module_dtypes, shapes_of
 
     path = Path(source).expanduser()
     if not path.exists():
@@ -110,24 +96,15 @@ def load_modelscope_unet(source, config=None, device="cpu", dtype=torch.float32)
     unet_config = infer_unet3d_config(shapes, "", base)
     try:
         unet = _build_on_meta(unet_config)
-    except _BUILD_ERRORS as e:
+    except BUILD_ERRORS as e:
         # shapes that fit no architecture: name the keys that do not fit the configured one, if it builds
-        try:
-            parts = _key_errors({k: tuple(v.shape) for k, v in _build_on_meta(base).state_dict().items()}, shapes)
-        except _BUILD_ERRORS:
-            parts = []
+        base_shapes = shapes_of(lambda: _build_on_meta(base))
+        parts = _key_errors(base_shapes, shapes) if base_shapes is not None else []
         detail = "; ".join(parts) or f"{type(e).__name__}: {e}"
         raise CheckpointError(f"{path}: its tensor shapes describe no UNet3DConditionModel ({detail}); {_FIX}") from e
     expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    if unet_config != base and _wrong_keys(expected, shapes):
-        # one odd tensor among those the architecture is read from makes every dependent key look wrong under
-        # the inferred config: the configured one then names that tensor, so report the one with fewer
-        try:
-            fallback = {k: tuple(v.shape) for k, v in _build_on_meta(base).state_dict().items()}
-        except _BUILD_ERRORS:
-            fallback = None
-        if fallback is not None and _wrong_keys(fallback, shapes) < _wrong_keys(expected, shapes):
-            expected = fallback
+    if unet_config != base:  # report against whichever of the inferred and configured architectures fits better
+        expected = closer_fit(shapes, expected, lambda: _build_on_meta(base))
     parts = _key_errors(expected, shapes)
     if parts:
         raise CheckpointError(f"{path}: not a diffusers UNet3DConditionModel state dict ({'; '.join(parts)}); {_FIX}")

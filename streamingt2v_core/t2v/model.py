@@ -280,18 +280,6 @@ def _restore_non_persistent(model: StreamingT2V, device) -> None:
         raise RuntimeError(f"tensors left unloaded after loading: {left[:10]}")
 
 
-# What building a model from shapes read off a file can raise when those shapes fit no architecture
-# (diffusers' argument checks, GroupNorm's divisibility, a head count of zero): re-raised as CheckpointError.
-_BUILD_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, IndexError, ZeroDivisionError, AssertionError,
-                 AttributeError)
-try:  # transformers' configs validate themselves with huggingface_hub's strict dataclasses (not ValueErrors)
-    from huggingface_hub.errors import StrictDataclassError
-
-    _BUILD_ERRORS += (StrictDataclassError,)
-except ImportError:  # older huggingface_hub: its configs raise ValueError
-    pass
-
-
 def _config_for_source(config, meta: dict, name: str) -> StreamingT2VConfig:
     """The base configuration: `config`, else the sidecar JSON of the file, else the official one; a sidecar
     or JSON file that is no StreamingT2V configuration is a CheckpointError naming it."""
@@ -314,43 +302,26 @@ def _build_checked(state: dict, cfg: StreamingT2VConfig, base: StreamingT2VConfi
     """The model of the inferred `cfg` on the meta device, its keys, shapes and dtypes checked against `state`.
     When `cfg` builds no model, the shapes are checked against `base`'s model instead, so that the message
     names the keys that do not fit rather than a diffusers argument error."""
-    from ..common.state_dict import check_dtypes, module_dtypes
+    from ..common.state_dict import BUILD_ERRORS, check_dtypes, closer_fit, module_dtypes, shapes_of
     from ..common.weights import CheckpointError
     from .weights import OFFICIAL_FIX, validate_state_dict
 
     try:
         model = build_on_meta(cfg)
-    except _BUILD_ERRORS as e:  # shapes that no architecture fits
-        try:
-            fallback = build_on_meta(base)
-        except _BUILD_ERRORS:
-            fallback = None
+    except BUILD_ERRORS as e:  # shapes that no architecture fits
+        fallback = shapes_of(lambda: build_on_meta(base))
         if fallback is not None:
-            shapes = {k: tuple(v.shape) for k, v in fallback.state_dict().items()}
-            validate_state_dict(state, shapes, name, ignore=DROPPED_KEYS)  # names the keys at fault
+            validate_state_dict(state, fallback, name, ignore=DROPPED_KEYS)  # names the keys at fault
         raise CheckpointError(f"{name}: its tensor shapes describe no StreamingT2V architecture ({e}). Fix: use the "
                               "official streaming_t2v.ckpt or a folder converted from it, with its config JSON.") from e
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if cfg != base and _wrong_keys(state, expected):
-        # One odd tensor among the keys the architecture is read from makes every key that depends on it look
-        # wrong under the inferred config; the base config then names that one tensor: report whichever of
-        # the two explains the file with fewer wrong keys.
-        try:
-            fallback = {k: tuple(v.shape) for k, v in build_on_meta(base).state_dict().items()}
-        except _BUILD_ERRORS:
-            fallback = None
-        if fallback is not None and _wrong_keys(state, fallback) < _wrong_keys(state, expected):
-            validate_state_dict(state, fallback, name, ignore=DROPPED_KEYS)
+    if cfg != base:  # report against whichever of the inferred and base architectures fits the file better
+        present = {k: tuple(v.shape) for k, v in state.items() if k not in DROPPED_KEYS}
+        validate_state_dict(state, closer_fit(present, expected, lambda: build_on_meta(base)), name,
+                            ignore=DROPPED_KEYS)
     validate_state_dict(state, expected, name, ignore=DROPPED_KEYS)
     check_dtypes(state, module_dtypes(model), name, f"Fix: {OFFICIAL_FIX}.")
     return model
-
-
-def _wrong_keys(state: dict, expected: dict) -> int:
-    """How many keys are missing, unexpected or mis-shaped against `expected` (dropped keys aside)."""
-    present = {k: tuple(v.shape) for k, v in state.items() if k not in DROPPED_KEYS}
-    return (len(set(present) ^ set(expected))
-            + sum(1 for k in expected if k in present and present[k] != tuple(expected[k])))
 
 
 def load_streamingt2v(source, config=None, device="cpu", dtype=torch.float32) -> StreamingT2V:

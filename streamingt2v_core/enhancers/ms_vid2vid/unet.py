@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...common.state_dict import BUILD_ERRORS
 from ...common.unet3d import count_indices, infer_unet3d_config, shape_dim
 from ...common.weights import CheckpointError
 from .files import SHAPE_FIX, SOURCES_FIX, config_value
@@ -114,12 +115,6 @@ class CroppedUpsample(nn.Module):
         return self.conv(x)
 
 
-# What diffusers can raise on a config read off shapes that fit no UNet (argument checks, GroupNorm's
-# divisibility, a head count of zero).
-_BUILD_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, IndexError, ZeroDivisionError, AssertionError,
-                 AttributeError)
-
-
 def channel_keys(state: Mapping[str, torch.Tensor], unet_config: dict) -> list[str]:
     """The keys (the file's names) whose shapes gave `block_out_channels`, one per level."""
     levels = range(len(unet_config["block_out_channels"]))
@@ -137,7 +132,7 @@ def build_unet(unet_config: dict, official_resampling: bool = True, where=None, 
 
     try:
         unet = UNet3DConditionModel(**unet_config)
-    except _BUILD_ERRORS as exc:
+    except BUILD_ERRORS as exc:
         if where is None:
             raise
         shown = {k: unet_config.get(k) for k in ("block_out_channels", "layers_per_block", "cross_attention_dim",
