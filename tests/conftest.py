@@ -43,3 +43,20 @@ def ref_long():
     from safetensors.torch import load_file
 
     return load_file(str(ORACLE / "ref_long.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """The refiner's recorded oracle tensors (tests/data/refiner/oracle_slices.safetensors)."""
+    from tests.support.refiner import oracle_slices
+
+    return oracle_slices()
+
+
+@pytest.fixture(scope="session")
+def tiny_official(tmp_path_factory):
+    """The tiny MS-Vid2Vid refiner in the official layout (.pth / .bin / .ckpt), rebuilt from the manifests
+    and loaded once (tests only read it)."""
+    from tests.support.refiner import tiny_official as load_tiny_official
+
+    return load_tiny_official(tmp_path_factory.mktemp("tiny_v2v"))

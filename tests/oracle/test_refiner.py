@@ -6,20 +6,7 @@ from streamingt2v_core.blending.sdedit import refine_latents
 from streamingt2v_core.enhancers.ms_vid2vid.schedule import VPSchedule
 from streamingt2v_core.enhancers.ms_vid2vid.solver import BrownianNoise
 from streamingt2v_core.enhancers.ms_vid2vid.text import OpenCLIPTextEncoder
-from tests.support.refiner import oracle_slices
-from tests.support.refiner import tiny_official as tiny_refiner_official
 from tools import make_tiny_refiner
-
-
-@pytest.fixture(scope="module")
-def oracle():
-    return oracle_slices()
-
-
-@pytest.fixture(scope="module")
-def tiny_official(tmp_path_factory):
-    """The tiny refiner in the official ModelScope layout (.pth / .bin / .ckpt), rebuilt from the manifests."""
-    return tiny_refiner_official(tmp_path_factory.mktemp("tiny_v2v"))
 
 
 def test_schedule_and_steps_match_oracle(oracle):

@@ -1,22 +1,8 @@
 """`python -m streamingt2v_core.refiner`: the official folder -> safetensors."""
-import pytest
 import torch
 
 from streamingt2v_core.enhancers.load import load_refiner
-from tests.support.refiner import oracle_slices
-from tests.support.refiner import tiny_official as tiny_refiner_official
 from tools import make_tiny_refiner
-
-
-@pytest.fixture(scope="module")
-def oracle():
-    return oracle_slices()
-
-
-@pytest.fixture(scope="module")
-def tiny_official(tmp_path_factory):
-    """The tiny refiner in the official ModelScope layout (.pth / .bin / .ckpt), rebuilt from the manifests."""
-    return tiny_refiner_official(tmp_path_factory.mktemp("tiny_v2v"))
 
 
 def test_converter_keeps_only_used_tensors(tmp_path, tiny_official, oracle):

@@ -7,20 +7,7 @@ import torch
 from streamingt2v_core.enhancers.load import RefinerLoadError, load_refiner
 from streamingt2v_core.enhancers.ms_vid2vid.text import OpenCLIPTextEncoder
 from tests.support.paths import REFINER_DATA as DATA
-from tests.support.refiner import oracle_slices
-from tests.support.refiner import tiny_official as tiny_refiner_official
 from tools import make_tiny_refiner
-
-
-@pytest.fixture(scope="module")
-def oracle():
-    return oracle_slices()
-
-
-@pytest.fixture(scope="module")
-def tiny_official(tmp_path_factory):
-    """The tiny refiner in the official ModelScope layout (.pth / .bin / .ckpt), rebuilt from the manifests."""
-    return tiny_refiner_official(tmp_path_factory.mktemp("tiny_v2v"))
 
 
 def test_converted_folder_loads_like_the_official_files(tmp_path, tiny_official, oracle):
