@@ -85,18 +85,86 @@ def frame_owners(frames: int, starts: list[int], chunk_len: int, offsets: torch.
     Chunk 0 is written whole; chunk k >= 1 overwrites frames [start_k + r_k, start_k + chunk_len).
     """
     check_layout(frames, starts, chunk_len)
-    offsets = torch.as_tensor(offsets, dtype=torch.long).flatten()
-    if offsets.numel() != len(starts) - 1:
-        raise ValueError(f"need {len(starts) - 1} offsets (one per chunk boundary), got {offsets.numel()}")
-    owner = torch.zeros(frames, dtype=torch.long)
-    for k in range(1, len(starts)):
-        r = int(offsets[k - 1])
-        ov = starts[k - 1] + chunk_len - starts[k]
-        if not 0 <= r < ov:
-            raise ValueError(f"offset {r} at boundary {k} is outside 0..{ov - 1}")
-        owner[starts[k] + r: starts[k] + chunk_len] = k
+    owner = window_owners(frames, [(s, s + chunk_len) for s in starts], offsets)
     local = torch.arange(frames) - torch.tensor(starts, dtype=torch.long)[owner]
     return owner, local
+
+
+# --- Randomized blending over arbitrary windows (ComfyUI's context windows) -------------------------------
+# A window is a contiguous frame span [start, end). The rule is the official one generalised: windows in start
+# order, window 0 written whole, window k >= 1 overwrites [start_k + r_k, end_k) with r_k uniform in
+# 0..o_k-1, o_k = its overlap with window k-1. With two windows per overlap (any regular layout) frame j of
+# an overlap of o frames takes the right window with probability (j+1)/o, as in the paper; where three
+# windows meet (core's static schedule shifts its last window back) the same overwrite order still gives
+# every frame exactly one window.
+
+_MASK64 = (1 << 64) - 1
+
+
+def window_overlaps(spans: list[tuple[int, int]]) -> list[int]:
+    """Frames window k shares with window k-1 (0 where they only touch), for k >= 1; spans in start order."""
+    return [max(0, spans[k - 1][1] - spans[k][0]) for k in range(1, len(spans))]
+
+
+def cut_seed(seed: int, step: int, boundary: int) -> int:
+    """A generator seed from (seed, sampler step, overlap index): splitmix64 over the three, so neighbouring
+    seeds, steps and overlaps give unrelated cuts and any one cut can be redrawn alone."""
+    x = 0
+    for v in (seed, step, boundary):
+        x = (x + (int(v) & _MASK64) + 0x9E3779B97F4A7C15) & _MASK64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x ^= x >> 31
+    return x & ((1 << 63) - 1)
+
+
+def step_cuts(overlaps: list[int], seed: int, step: int) -> torch.Tensor:
+    """The cut r_k of every overlap at one sampler step, each from its own generator seeded by
+    cut_seed(seed, step, k); windows that only touch (overlap 0) get r = 0. int64 [len(overlaps)]."""
+    cuts = [int(draw_offsets([ov], torch.Generator().manual_seed(cut_seed(seed, step, k)))[0]) if ov > 0 else 0
+            for k, ov in enumerate(overlaps)]
+    return torch.tensor(cuts, dtype=torch.long)
+
+
+def check_windows(frames: int, spans: list[tuple[int, int]]) -> None:
+    """ValueError unless the spans are non-empty, inside 0..frames, in start order with growing ends, and
+    cover every frame (what core's static and uniform schedules give with stride 1)."""
+    if not spans:
+        raise ValueError("no windows: give at least one (start, end) span")
+    covered = 0
+    for k, (a, b) in enumerate(spans):
+        if not 0 <= a < b <= frames:
+            raise ValueError(f"window {k} spans frames {a}..{b - 1}, outside the video's 0..{frames - 1}")
+        if k and not (a > spans[k - 1][0] and b > spans[k - 1][1]):
+            raise ValueError(f"windows must be sorted by start with growing ends; window {k} ({a}..{b - 1}) "
+                             f"follows {spans[k - 1][0]}..{spans[k - 1][1] - 1}")
+        if a > covered:
+            raise ValueError(f"frames {covered}..{a - 1} are in no window")
+        covered = b
+    if covered != frames:
+        raise ValueError(f"frames {covered}..{frames - 1} are in no window")
+
+
+def window_owners(frames: int, spans: list[tuple[int, int]], offsets: torch.Tensor) -> torch.Tensor:
+    """For every frame, the index (into spans) of the one window whose prediction it takes."""
+    spans = [(int(a), int(b)) for a, b in spans]
+    check_windows(frames, spans)
+    offsets = torch.as_tensor(offsets, dtype=torch.long).flatten()
+    if offsets.numel() != len(spans) - 1:
+        raise ValueError(f"need {len(spans) - 1} offsets (one per window after the first), got {offsets.numel()}")
+    owner = torch.zeros(frames, dtype=torch.long)
+    for k, ov in enumerate(window_overlaps(spans), start=1):
+        r = int(offsets[k - 1])
+        if not 0 <= r < max(ov, 1):
+            raise ValueError(f"offset {r} at boundary {k} is outside 0..{max(ov, 1) - 1}")
+        owner[spans[k][0] + r: spans[k][1]] = k
+    return owner
+
+
+def step_owners(frames: int, spans: list[tuple[int, int]], seed: int, step: int) -> torch.Tensor:
+    """window_owners with this step's seeded cuts: what randomized blending uses at sampler step `step`."""
+    check_windows(frames, spans)
+    return window_owners(frames, spans, step_cuts(window_overlaps(spans), seed, step))
 
 
 def split_chunks(x: torch.Tensor, starts: list[int], chunk_len: int) -> torch.Tensor:
