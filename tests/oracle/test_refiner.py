@@ -12,7 +12,8 @@ from tools import make_tiny_refiner
 def test_schedule_and_steps_match_oracle(oracle):
     sched = VPSchedule()
     plan = sched.trailing_plan(30, t_max=599)
-    torch.testing.assert_close(plan.sigmas, oracle["blend/solver/sigmas"], rtol=0, atol=0)
+    # float32 log/exp round differently by CPU (the CI machine's vector libm differs by a few ulp): a few ulp, not 0
+    torch.testing.assert_close(plan.sigmas, oracle["blend/solver/sigmas"], rtol=2e-6, atol=1e-6)
     steps_t = torch.cat([oracle[f"blend/step{i:02d}/t"] for i in range(30)])
     assert torch.equal(plan.timesteps, steps_t)
     a, s = sched.alpha_sigma(torch.tensor([599]))

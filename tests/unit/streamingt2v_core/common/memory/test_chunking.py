@@ -32,4 +32,5 @@ def test_feed_forward_chunking_same_output(model, inputs):
         assert n > 0 and max(rows) <= 100 and min(rows) < 100
     finally:
         memory.set_feed_forward_chunking(model, None)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    # other row counts take other matmul kernels on some CPUs: float32 rounding, not a wrong chunk (which is O(1))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
