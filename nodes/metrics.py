@@ -1,4 +1,5 @@
-"""VideoQualityMetrics: the paper's MAWE, SCuts and CLIP score of an IMAGE batch (frames = batch).
+"""VideoQualityMetrics: the paper's MAWE, SCuts and CLIP score of an IMAGE batch (frames = batch), plus the
+seam score at chunk borders and the CIELAB colour drift (streamingt2v_core/metrics/seams.py, drift.py).
 
 CLIP score inputs: ComfyUI's own CLIP_VISION and CLIP types serve, so the node takes those instead of
 an OpenCLIP file. The paper's model is OpenCLIP ViT-H-14 (laion2B); its image tower is what ComfyUI's
@@ -49,7 +50,9 @@ class VideoQualityMetrics(io.ComfyNode):
             category="StreamingT2V/metrics",
             description=("The StreamingT2V paper's metrics: MAWE (motion-aware warp error, lower is better; "
                          "infinite for a static video), SCuts (detected scene cuts, lower is better) and the "
-                         "CLIP text-image score (higher is better), for the whole video and growing windows."),
+                         "CLIP text-image score (higher is better), for the whole video and growing windows; the "
+                         "seam score (frame change at chunk borders / inside chunks, 1.0 = no seam) and the colour "
+                         "drift (CIELAB ΔE of each window's mean colour against the first window)."),
             inputs=[
                 io.Image.Input("images", tooltip="The video: frames in the batch dimension."),
                 io.Combo.Input("flow", options=FLOW_CHOICES, default="auto",
@@ -69,6 +72,20 @@ class VideoQualityMetrics(io.ComfyNode):
                               tooltip="Text encoder of the CLIP model, e.g. the SD2.x / ModelScope OpenCLIP ViT-H-14."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Image encoder of the same CLIP model, e.g. clip_vision_h.safetensors."),
+                io.Int.Input("seam_chunk_length", default=0, min=0, max=100000, optional=True,
+                             tooltip=("Seam borders from chunks of this many frames: at N, N+(N-overlap), ... "
+                                      "(StreamingT2V: 16 with overlap 8). 0: use seam_borders, or detect the "
+                                      "borders as the periodic peaks of the frame-to-frame change.")),
+                io.Int.Input("seam_overlap", default=0, min=0, max=100000, optional=True,
+                             tooltip="Frames consecutive chunks share (with seam_chunk_length)."),
+                io.String.Input("seam_borders", default="", optional=True,
+                                tooltip=("Explicit seam borders, comma-separated frame indices (e.g. 16,32,48); "
+                                         "border b = the change from frame b-1 to frame b. Empty: see "
+                                         "seam_chunk_length.")),
+                io.Int.Input("drift_window", default=16, min=1, max=100000, optional=True,
+                             tooltip="Colour drift: frames per window (CIELAB mean and std per window)."),
+                io.Int.Input("drift_step", default=16, min=1, max=100000, optional=True,
+                             tooltip="Colour drift: frames from one window's start to the next."),
             ],
             outputs=[
                 io.String.Output(display_name="report"),
@@ -78,14 +95,22 @@ class VideoQualityMetrics(io.ComfyNode):
                 io.Float.Output(display_name="warp_error"),
                 io.Int.Output(display_name="scuts"),
                 io.Float.Output(display_name="clip_score", tooltip="NaN when there is no prompt or CLIP model."),
+                io.Float.Output(display_name="seam_score",
+                                tooltip=("Mean frame change at chunk borders / inside chunks (1.0 = no seam); NaN "
+                                         "when the borders are detected and the video is too short (< 9 frames).")),
+                io.Float.Output(display_name="max_delta_e",
+                                tooltip="Largest CIE76 ΔE of a window's mean CIELAB colour against the first window."),
             ],
             is_output_node=True,
         )
 
     @classmethod
     def execute(cls, images, flow, coeff, working_size, window_start, window_step, prompt="", clip=None,
-                clip_vision=None) -> io.NodeOutput:
+                clip_vision=None, seam_chunk_length=0, seam_overlap=0, seam_borders="", drift_window=16,
+                drift_step=16) -> io.NodeOutput:
         from ..streamingt2v_core.metrics import compute_metrics
+
+        seam_kwargs = _seam_inputs(int(images.shape[0]), int(seam_chunk_length), int(seam_overlap), seam_borders)
 
         has_prompt = bool(prompt and prompt.strip())
         if has_prompt and (clip is None) != (clip_vision is None):
@@ -102,12 +127,51 @@ class VideoQualityMetrics(io.ComfyNode):
 
         result = compute_metrics(images, prompt=prompt if has_prompt else None, clip=scorer, flow_method=flow,
                                  size=int(working_size), coeff=float(coeff), window_start=int(window_start),
-                                 window_step=int(window_step), progress=progress)
+                                 window_step=int(window_step), progress=progress, drift_window=int(drift_window),
+                                 drift_step=int(drift_step), **seam_kwargs)
         report = result.report()
         clip_score = math.nan if result.clip_score is None else float(result.clip_score)
         return io.NodeOutput(report, json.dumps(result.to_dict(), allow_nan=False), float(result.mawe),
                              float(result.motion), float(result.warp_error), int(result.scuts), clip_score,
-                             ui=ui.PreviewText(report))
+                             math.nan if result.seam is None else float(result.seam.score),
+                             float(result.color_drift.max_delta_e), ui=ui.PreviewText(report))
+
+
+def _seam_inputs(frames: int, chunk: int, overlap: int, borders_text) -> dict:
+    """The seam inputs as compute_metrics keywords, checked here (cheap, before any flow work) so that
+    every error names the node input and the fix."""
+    from ..streamingt2v_core.metrics.seams import resolve_borders
+
+    text = (borders_text or "").strip()
+    if chunk < 0 or overlap < 0:
+        raise ValueError("`seam_chunk_length` and `seam_overlap` must be >= 0 (seam_chunk_length 0 = no chunks)")
+    if chunk and text:
+        raise ValueError("give either `seam_chunk_length` or `seam_borders`, not both: set seam_chunk_length to 0 "
+                         "to use the border list, or clear seam_borders")
+    if overlap and not chunk:
+        raise ValueError(f"`seam_overlap` {overlap} needs `seam_chunk_length` too: set the chunk length (e.g. 16), or "
+                         "seam_overlap to 0 to use seam_borders or detect the borders")
+    if chunk:
+        if chunk < 2:
+            raise ValueError("`seam_chunk_length` must be 0 (detect) or >= 2 frames")
+        if overlap >= chunk:
+            raise ValueError(f"`seam_overlap` {overlap} must be smaller than `seam_chunk_length` {chunk}: lower it")
+        if chunk >= frames:
+            raise ValueError(f"`seam_chunk_length` {chunk} leaves no chunk border in {frames} frames: use a smaller "
+                             "chunk length, or 0 to detect the borders")
+        return {"seam_chunk": chunk, "seam_overlap": overlap}
+    if not text:
+        return {}
+    try:
+        borders = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ValueError(f"`seam_borders` {text!r} is not a comma-separated list of frame indices, "
+                         "e.g. 16,32,48") from None
+    try:
+        resolve_borders(frames, borders=borders)
+    except ValueError as e:  # the core names no node input: say which one
+        raise ValueError(f"`seam_borders`: {e}") from e
+    return {"seam_borders": borders}
 
 
 METRICS_NODES = [VideoQualityMetrics]

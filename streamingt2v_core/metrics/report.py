@@ -1,6 +1,7 @@
 """All metrics of one video together (`compute_metrics` -> `VideoMetrics`), over the whole video and over
 growing prefixes of it (frames 0..120, 0..140, ...), as the paper reports stability over time; the windows
-reuse the per-pair and per-frame values."""
+reuse the per-pair and per-frame values. The seam score (seams.py) and the colour drift (drift.py) are
+whole-video measures of their own (the colour drift has its own fixed-size windows)."""
 from __future__ import annotations
 
 import math
@@ -10,10 +11,12 @@ from typing import Callable
 import torch
 
 from .clip_score import clip_frame_scores
+from .drift import DRIFT_STEP, DRIFT_WINDOW, ColorDrift, check_drift_window, color_drift
 from .flow import get_flow
 from .mawe import MAWE_COEFF, STAGNATION_MOTION, WORKING_SIZE, flow_pairs, mawe_from_pairs
 from .scuts import scene_cuts
-from .video import MIN_METRIC_FRAMES, to_uint8_frames
+from .seams import MIN_PERIOD, SeamScore, can_detect, frame_changes, resolve_borders, seam_score_from_changes
+from .video import MIN_METRIC_FRAMES, check_frames, to_uint8_frames
 
 WINDOW_START = 120
 WINDOW_STEP = 20
@@ -44,6 +47,8 @@ class VideoMetrics:
     motion_per_pair: list = field(default_factory=list)
     warp_error_per_pair: list = field(default_factory=list)
     clip_per_frame: list | None = None
+    seam: SeamScore | None = None  # None: borders not given and the video too short to detect them
+    color_drift: ColorDrift | None = None
 
     def to_dict(self, per_pair: bool = False) -> dict:
         """JSON-safe: inf MAWE becomes null (see `stagnant` / `frozen_pairs`)."""
@@ -53,7 +58,9 @@ class VideoMetrics:
              "clip_score": _finite_or_none(self.clip_score), "clip_model": self.clip_model,
              "flow": self.flow, "size": self.size, "coeff": self.coeff,
              "windows": [dict(w, mawe=_finite_or_none(w["mawe"]), clip_score=_finite_or_none(w["clip_score"]))
-                         for w in self.windows]}
+                         for w in self.windows],
+             "seam_score": None if self.seam is None else self.seam.to_dict(),
+             "color_drift": None if self.color_drift is None else self.color_drift.to_dict()}
         if per_pair:
             d["motion_per_pair"] = list(self.motion_per_pair)
             d["warp_error_per_pair"] = list(self.warp_error_per_pair)
@@ -72,6 +79,12 @@ class VideoMetrics:
                  f"motion: {self.motion:.3f} px   warp error: {self.warp_error:.2f}",
                  f"SCuts: {self.scuts}" + (f" at frames {self.cut_frames}" if self.cut_frames else ""),
                  f"CLIP score: {clip}" + (f" ({self.clip_model})" if self.clip_model else "")]
+        if self.seam is not None or self.color_drift is not None:
+            seam = (f"n/a (fewer than {2 * MIN_PERIOD + 1} frames to detect borders; give them)" if self.seam is None
+                    else self.seam.text())
+            lines.append(f"seam score: {seam}   (1.0 = no seam)")
+            if self.color_drift is not None:
+                lines.append(f"colour drift: {self.color_drift.text()}")
         if self.windows:
             lines.append("windows:  frames   MAWE    SCuts   CLIP")
             for w in self.windows:
@@ -98,11 +111,16 @@ def compute_metrics(frames, prompt: str | None = None, clip=None, flow=None, *, 
                     raft_weights: str | None = None, size: int = WORKING_SIZE, coeff: float = MAWE_COEFF,
                     stagnation_motion: float = STAGNATION_MOTION, fps: float = 8.0,
                     window_start: int = WINDOW_START, window_step: int = WINDOW_STEP,
-                    progress: Callable[[int, int], None] | None = None) -> VideoMetrics:
+                    progress: Callable[[int, int], None] | None = None, seam_chunk: int | None = None,
+                    seam_overlap: int | None = None, seam_borders=None, drift_window: int = DRIFT_WINDOW,
+                    drift_step: int = DRIFT_STEP) -> VideoMetrics:
     """All metrics of one video. `frames` [T, H, W, 3] float 0..1 or uint8. `clip`: an object with
     `encode_images`, `encode_text` and `name` (e.g. OpenCLIPScorer); the CLIP score is computed only
     with both `prompt` and `clip`. `flow`: an estimator (see flow.py), else chosen by `flow_method`
-    and `raft_weights`. `progress(done, total)` is called after each frame pair."""
+    and `raft_weights`. `progress(done, total)` is called after each frame pair. Seam score borders:
+    `seam_chunk` (+ `seam_overlap`), or the list `seam_borders`, or neither to detect them (seams.py; no seam
+    score when the video is too short to detect); colour drift windows `drift_window`, `drift_step` (drift.py)."""
+    frames = check_frames(frames)
     u8 = to_uint8_frames(frames)
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"working size must be an int >= 8 (the official value is {WORKING_SIZE}), got {size!r}")
@@ -112,6 +130,9 @@ def compute_metrics(frames, prompt: str | None = None, clip=None, flow=None, *, 
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     want_clip = bool(prompt and prompt.strip()) and clip is not None
     ends = window_ends(u8.shape[0], window_start, window_step)
+    # seam and drift inputs fail here, before the flow work
+    given, _, _, _ = resolve_borders(u8.shape[0], seam_chunk, seam_overlap, seam_borders)
+    check_drift_window(drift_window, drift_step)
     if flow is None:
         flow = get_flow(flow_method, raft_weights)
 
@@ -121,6 +142,11 @@ def compute_metrics(frames, prompt: str | None = None, clip=None, flow=None, *, 
                                         clip.encode_text)
     warp_errors, motions = flow_pairs(u8, flow, size, progress)
     cuts = scene_cuts(u8, fps)
+    seam = None
+    if given is not None or can_detect(u8.shape[0]):
+        # the original frames (not the 8-bit copy), so seams and colours see the exact values
+        seam = seam_score_from_changes(frame_changes(frames), seam_chunk, seam_overlap, seam_borders)
+    drift = color_drift(frames, drift_window, drift_step)
 
     def summary(end: int) -> dict:
         m = mawe_from_pairs(warp_errors[:end - 1], motions[:end - 1], coeff, stagnation_motion, size)
@@ -136,4 +162,5 @@ def compute_metrics(frames, prompt: str | None = None, clip=None, flow=None, *, 
                         cut_frames=cuts, clip_score=whole["clip_score"],
                         clip_model=getattr(clip, "name", None) if want_clip else None, windows=windows,
                         motion_per_pair=motions, warp_error_per_pair=warp_errors,
-                        clip_per_frame=None if clip_scores is None else clip_scores.tolist())
+                        clip_per_frame=None if clip_scores is None else clip_scores.tolist(), seam=seam,
+                        color_drift=drift)

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 MIN_METRIC_FRAMES = 3
 
 
-def to_uint8_frames(frames, name: str = "frames") -> np.ndarray:
-    """[T, H, W, 3] float in 0..1 (torch or numpy; ComfyUI IMAGE layout) or uint8 -> uint8 numpy.
-    Floats are rounded to the nearest 8-bit level (small overshoots clipped); floats far outside 0..1 are refused."""
+def check_frames(frames, name: str = "frames") -> np.ndarray:
+    """[T, H, W, 3] float in 0..1 (torch or numpy; ComfyUI IMAGE layout) or uint8 -> the same values as a
+    numpy array, checked (layout, at least MIN_METRIC_FRAMES frames, finite, float range). Not copied where
+    a view serves (a CPU float32 IMAGE), so long videos are read frame by frame (`float_frame`)."""
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu()
         if frames.dtype == torch.bfloat16:
@@ -31,15 +32,33 @@ def to_uint8_frames(frames, name: str = "frames") -> np.ndarray:
     if frames.shape[1] < 2 or frames.shape[2] < 2:
         raise ValueError(f"`{name}` frames are {frames.shape[2]}x{frames.shape[1]} pixels; need at least 2x2")
     if frames.dtype == np.uint8:
-        return np.ascontiguousarray(frames)
+        return frames
     if not np.issubdtype(frames.dtype, np.floating):
         raise TypeError(f"`{name}` must be float in 0..1 or uint8, got dtype {frames.dtype}")
     if not np.isfinite(frames).all():
         raise ValueError(f"`{name}` contains NaN or inf values")
     low, high = float(frames.min()), float(frames.max())
-    if low < -0.5 or high > 1.5:  # small overshoots are clipped below; another pixel scale would be scored as noise
+    if low < -0.5 or high > 1.5:  # small overshoots are clipped later; another pixel scale would be scored as noise
         raise ValueError(f"`{name}` values span {low:.4g}..{high:.4g}; float frames must be in 0..1: frames in 0..255 "
                          "become x / 255 (or pass them as uint8), frames in [-1, 1] become (x + 1) / 2")
+    return frames
+
+
+def float_frame(frames: np.ndarray, t: int) -> np.ndarray:
+    """Frame `t` of checked frames (`check_frames`) as float32 RGB [H, W, 3] in 0..1 (uint8 / 255; small float
+    overshoots clipped)."""
+    f = frames[t]
+    if f.dtype == np.uint8:
+        return f.astype(np.float32) / np.float32(255.0)
+    return np.clip(f.astype(np.float32), 0.0, 1.0)
+
+
+def to_uint8_frames(frames, name: str = "frames") -> np.ndarray:
+    """[T, H, W, 3] float in 0..1 (torch or numpy; ComfyUI IMAGE layout) or uint8 -> uint8 numpy.
+    Floats are rounded to the nearest 8-bit level (small overshoots clipped); floats far outside 0..1 are refused."""
+    frames = check_frames(frames, name)
+    if frames.dtype == np.uint8:
+        return np.ascontiguousarray(frames)
     return np.clip(np.rint(frames.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 

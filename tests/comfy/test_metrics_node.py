@@ -126,3 +126,29 @@ def test_a_static_video_is_reported_as_stagnant(comfy):
     assert out["motion"] == 0 and math.isinf(out["mawe"])
     assert out["json"]["stagnant"] is True and out["json"]["mawe"] is None
     assert "stagnation" in out["report"]
+
+
+SEAM_OUTPUTS = OUTPUTS + ["seam_score", "max_delta_e"]
+
+
+@pytest.mark.native_blend
+def test_seam_score_and_colour_drift_outputs(comfy, translating_video):
+    """The seam and drift inputs (added at the end) and outputs: a given border at the cut is a seam, and the
+    socket outputs equal the JSON."""
+    g = with_metrics(load_video_graph(translating_video), ["2", 0])
+    g["90"]["inputs"].update(seam_chunk_length=CUT_AT, seam_overlap=0, seam_borders="", drift_window=8,
+                             drift_step=8)
+    for i in (7, 8):
+        g[f"9{i + 1}"] = {"class_type": "PreviewAny", "inputs": {"source": ["90", i]}}
+    entry = comfy.run(g, timeout=120)
+    assert status_str(entry) == "success", describe_failure(entry)
+    shown = {name: entry["outputs"][f"9{i + 1}"]["text"][0] for i, name in enumerate(SEAM_OUTPUTS)}
+    data = json.loads(shown["json"])
+    seam, drift = data["seam_score"], data["color_drift"]
+    assert seam["source"] == f"given: chunk {CUT_AT} overlap 0" and seam["borders"] == [CUT_AT]
+    assert float(shown["seam_score"]) == pytest.approx(seam["score"], rel=1e-9) and seam["score"] > 1.5
+    assert [c["start"] for c in drift["curve"]] == [0, 8, 16] and drift["window"] == 8
+    assert float(shown["max_delta_e"]) == pytest.approx(drift["max_delta_e"], rel=1e-9)
+    assert drift["max_delta_e"] == max(c["delta_e"] for c in drift["curve"]) > 0  # another texture from frame 12
+    assert "seam score:" in shown["report"] and "max ΔE" in shown["report"]
+    assert data["mawe"] is not None and data["frames"] == FRAMES  # the old outputs still there

@@ -26,7 +26,8 @@ EXPECTED_INPUTS = {
                         "seed", "per_line_prompts"], ["anchor", "memory"]),
     "ChunkAssembler": (["stream", "fps"], []),
     "VideoQualityMetrics": (["images", "flow", "coeff", "working_size", "window_start", "window_step"],
-                            ["prompt", "clip", "clip_vision"]),
+                            ["prompt", "clip", "clip_vision", "seam_chunk_length", "seam_overlap", "seam_borders",
+                             "drift_window", "drift_step"]),
 }
 EXPECTED_OUTPUTS = {
     "LoadStreamingT2V": ["STREAMINGT2V_MODEL"],
@@ -36,10 +37,11 @@ EXPECTED_OUTPUTS = {
     "AnchorFrameAPM": ["STREAMINGT2V_APM", "IMAGE"],
     "CAMExtendChunk": ["STREAMINGT2V_STREAM", "STRING"],
     "ChunkAssembler": ["IMAGE", "FLOAT", "VIDEO"],
-    "VideoQualityMetrics": ["STRING", "STRING", "FLOAT", "FLOAT", "FLOAT", "INT", "FLOAT"],
+    "VideoQualityMetrics": ["STRING", "STRING", "FLOAT", "FLOAT", "FLOAT", "INT", "FLOAT", "FLOAT", "FLOAT"],
 }
-# Every node the pack registers (nodes/__init__.py); the refiner nodes' inputs: tests/comfy/test_nodes_refiner.py
-PACK_NODES = set(EXPECTED_INPUTS) | {"LoadStreamingT2VRefiner", "RandomizedBlendRefiner"}
+# Every node the pack registers (nodes/__init__.py); the refiner nodes' inputs: tests/comfy/test_nodes_refiner.py,
+# the context-window node's: tests/comfy/test_context_blend.py
+PACK_NODES = set(EXPECTED_INPUTS) | {"LoadStreamingT2VRefiner", "RandomizedBlendRefiner", "RandomizedBlendContextWindows"}
 # frames of the mp4 each shipped workflow writes (chunk 0 whole + 8 per CAM chunk)
 EXPECTED_WORKFLOW_FRAMES = {
     "long_video": 16 + 64,

@@ -54,3 +54,24 @@ def write_tiny_clip(folder: Path) -> Path:
     path = folder / "tiny_clip.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+def pan_with_jumps(texture: np.ndarray, frames: int, size: int, period: int, phase: int = 0, jump: int = 6,
+                   shift: int = 1) -> np.ndarray:
+    """A camera panning `shift` px per frame over `texture` that jumps `jump` px further at every frame
+    b = phase + k*period (b >= 1): the change into frame b is a (shift + jump)-px move, every other pair a
+    `shift`-px move. A seam every `period` frames, as chunks joined without blending look."""
+    x, xs = 0, []
+    for t in range(frames):
+        if t >= 1:
+            x += shift + (jump if (t - phase) % period == 0 else 0)
+        xs.append(x)
+    if 10 + xs[-1] + size > texture.shape[1] or 10 + size > texture.shape[0]:
+        raise ValueError(f"texture {texture.shape[1]} px wide is too small for a pan of {xs[-1]} px at size {size}")
+    return np.stack([texture[10:10 + size, 10 + x:10 + x + size] for x in xs])
+
+
+def constant_colors(colors, frames_each: int, size: int = 16) -> np.ndarray:
+    """Float RGB frames [len(colors) * frames_each, size, size, 3]: `frames_each` flat frames of each colour."""
+    return np.concatenate([np.broadcast_to(np.asarray(c, np.float32), (frames_each, size, size, 3))
+                           for c in colors]).copy()
