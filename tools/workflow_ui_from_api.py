@@ -5,7 +5,10 @@
 Starts ComfyUI headless with the pack and tiny models (tools/make_tiny_models.py), opens the frontend in
 headless Chromium, loads each NAME_api.json with `app.loadApiJson`, lays the graph out, and saves
 `app.graph.serialize()` as NAME.json. It then checks that `app.graphToPrompt()` of the result equals the
-API file, so the pair stays in step whenever a node's inputs change.
+API file (tests/support/workflow_compare.py: up to inputs the server ignores or fills in at its defaults), so
+the pair stays in step whenever a node's inputs change. Run it on the oldest ComfyUI leg whose nodes declare
+every input of the API file (for core nodes that gained inputs in 0.33: the 0.33 leg, e.g.
+`COMFYUI_PATH=$PWD/.comfyui-0.33 .venv-comfy033/bin/python tools/workflow_ui_from_api.py ...`).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script: the repository root makes `tests.support` importable
 
-from tests.support.comfy_client import ComfyServer, strip_meta, write_extra_model_paths  # noqa: E402
+from tests.support.comfy_client import ComfyClient, ComfyServer, write_extra_model_paths  # noqa: E402
+from tests.support.workflow_compare import assert_same_prompt  # noqa: E402
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -55,16 +59,17 @@ def convert(api_paths: list[Path]) -> None:
         with ComfyServer(tmp / "base", extra_model_paths=yaml_path) as server, sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            client = ComfyClient(server.url)
             page.goto(server.url + "/", wait_until="domcontentloaded")
             page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=90_000)
             for api_path in api_paths:
                 api = json.loads(api_path.read_text())
                 name = api_path.name[: -len("_api.json")]
                 res = page.evaluate(CONVERT, [api, name])
-                got = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in res["output"].items()}
-                if got != strip_meta(api):
-                    raise SystemExit(f"{api_path.name}: the frontend's prompt differs from the API file:\n"
-                                     f"{json.dumps(got, indent=1)}")
+                try:
+                    assert_same_prompt(res["output"], api, api_path.name, object_info=client.object_info)
+                except AssertionError as e:
+                    raise SystemExit(f"{api_path.name}: the frontend's prompt differs from the API file: {e}") from e
                 out = api_path.with_name(name + ".json")
                 out.write_text(json.dumps(res["workflow"], indent=2) + "\n")
                 print(out)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.workflow_compare import assert_same_prompt, defaults_filled_in, undeclared_inputs
+
 pytestmark = pytest.mark.compat  # both ComfyUI legs (tools/test.sh --comfy033)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,71 +27,6 @@ def ui_workflows() -> list[Path]:
 
 def api_twin(ui: Path) -> Path:
     return ui.with_name(ui.stem + "_api.json")
-
-
-def normalized(prompt: dict) -> dict:
-    """API prompt without UI-only `_meta` titles; node ids as strings."""
-    return {str(k): {"class_type": v["class_type"], "inputs": v.get("inputs", {})} for k, v in prompt.items()}
-
-
-def declared_default(spec):
-    """The value a server uses for an input left out of a prompt: its `default`, else a combo's first choice
-    (a V3 DynamicCombo lists its choices as {"key": ..., "inputs": ...}); None when it declares none."""
-    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-    if "default" in opts:
-        return opts["default"]
-    choices = kind if isinstance(kind, list) else opts.get("options") or []
-    if choices:
-        return choices[0]["key"] if isinstance(choices[0], dict) else choices[0]
-    return None
-
-
-def sub_input_spec(node_info: dict, parent: str, parent_value, sub: str):
-    """The spec of `sub` under the chosen option `parent_value` of the DynamicCombo input `parent`."""
-    for section in ("required", "optional"):
-        spec = node_info.get("input", {}).get(section, {}).get(parent)
-        if spec and spec[0] == "COMFY_DYNAMICCOMBO_V3":
-            for option in spec[1].get("options", []):
-                if option.get("key") == parent_value:
-                    for sub_section in ("required", "optional"):
-                        found = option.get("inputs", {}).get(sub_section, {}).get(sub)
-                        if found:
-                            return found
-    return None
-
-
-def defaults_filled_in(got: dict, want: dict, node_info: dict) -> set:
-    """Inputs the frontend wrote that the API twin leaves out, each at the value the server would use without
-    it: a newer core node's optional input at its default (CreateVideo's bit_depth in ComfyUI 0.33), or a
-    V3 DynamicCombo's sub-input written as `parent.sub` at its default (SaveVideo's format.codec). A twin
-    written for the older node means the same prompt; any other extra input, or another value, still differs."""
-    filled = set()
-    for key in set(got) - set(want):
-        parent, dot, sub = key.partition(".")
-        if dot:
-            spec = sub_input_spec(node_info, parent, got.get(parent), sub)
-        else:
-            spec = node_info.get("input", {}).get("optional", {}).get(key)
-        if spec is not None and got[key] == declared_default(spec):
-            filled.add(key)
-    return filled
-
-
-def assert_same_prompt(got: dict, want: dict, name: str, object_info=None) -> None:
-    """`object_info(class_type)`, where given, is the server's node definition: inputs the frontend filled in
-    with the server's defaults (defaults_filled_in) do not count as a difference."""
-    got, want = normalized(got), normalized(want)
-    assert sorted(got) == sorted(want), f"{name}: node ids differ: UI gives {sorted(got)}, API twin {sorted(want)}"
-    for nid in want:
-        assert got[nid]["class_type"] == want[nid]["class_type"], f"{name}: node {nid} class differs"
-        if object_info is not None and set(got[nid]["inputs"]) - set(want[nid]["inputs"]):
-            info = object_info(want[nid]["class_type"])
-            for key in defaults_filled_in(got[nid]["inputs"], want[nid]["inputs"], info):
-                del got[nid]["inputs"][key]
-        assert got[nid]["inputs"] == want[nid]["inputs"], (
-            f"{name}: node {nid} ({want[nid]['class_type']}) inputs differ:\n"
-            f"  UI -> graphToPrompt: {json.dumps(got[nid]['inputs'], sort_keys=True)}\n"
-            f"  API twin:            {json.dumps(want[nid]['inputs'], sort_keys=True)}")
 
 
 def test_every_ui_workflow_has_an_api_twin():
@@ -146,6 +83,37 @@ def test_only_inputs_at_the_servers_defaults_are_forgiven():
         assert_same_prompt({"1": {"class_type": "CreateVideo", "inputs": {"fps": 8.0, "bit_depth": 10}}},
                            {"1": {"class_type": "CreateVideo", "inputs": {"fps": 8.0}}}, "t",
                            object_info=lambda _: CREATE_VIDEO_INFO)
+
+
+# ComfyUI 0.3.75's WanContextWindowsManual, which lacks 0.33's freenoise / retain_first_frame / split_conds_to_windows.
+WAN_CONTEXT_0375_INFO = {"input": {"required": {
+    "model": ["MODEL", {}], "context_length": ["INT", {"default": 81}], "context_overlap": ["INT", {"default": 30}],
+    "context_schedule": [["standard_static", "standard_uniform"], {}], "context_stride": ["INT", {"default": 1}],
+    "closed_loop": ["BOOLEAN", {"default": False}], "fuse_method": [["pyramid", "flat"], {"default": "pyramid"}]}}}
+
+
+@pytest.mark.native_blend
+def test_twin_inputs_the_server_does_not_declare_are_not_a_difference():
+    twin = {"model": ["1", 0], "context_length": 81, "context_overlap": 32, "context_schedule": "standard_static",
+            "context_stride": 1, "closed_loop": False, "fuse_method": "pyramid",
+            "freenoise": False, "retain_first_frame": False, "split_conds_to_windows": False}
+    older = {k: v for k, v in twin.items() if k not in ("freenoise", "retain_first_frame", "split_conds_to_windows")}
+    assert undeclared_inputs(twin, WAN_CONTEXT_0375_INFO) == {"freenoise", "retain_first_frame", "split_conds_to_windows"}
+    assert undeclared_inputs(older, WAN_CONTEXT_0375_INFO) == set()
+    want = {"1": {"class_type": "WanContextWindowsManual", "inputs": twin}}
+    assert_same_prompt({"1": {"class_type": "WanContextWindowsManual", "inputs": older}}, want, "t",
+                       object_info=lambda _: WAN_CONTEXT_0375_INFO)
+    assert "freenoise" in twin  # the caller's twin is not changed
+    # a declared input still counts, and so does an undeclared one the frontend did write with another value
+    with pytest.raises(AssertionError, match="fuse_method"):
+        assert_same_prompt({"1": {"class_type": "WanContextWindowsManual", "inputs": {**older, "fuse_method": "flat"}}},
+                           want, "t", object_info=lambda _: WAN_CONTEXT_0375_INFO)
+    with pytest.raises(AssertionError, match="freenoise"):
+        assert_same_prompt({"1": {"class_type": "WanContextWindowsManual", "inputs": {**twin, "freenoise": True}}},
+                           want, "t", object_info=lambda _: WAN_CONTEXT_0375_INFO)
+    # without the server's definition nothing is forgiven
+    with pytest.raises(AssertionError, match="freenoise"):
+        assert_same_prompt({"1": {"class_type": "WanContextWindowsManual", "inputs": older}}, want, "t")
 
 
 @pytest.mark.parametrize("ui_path", ui_workflows(), ids=lambda p: p.stem)
