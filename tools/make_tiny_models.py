@@ -10,6 +10,9 @@ OUT_DIR/diffusion_models/tiny_modelscope_t2v.safetensors (+ .json)
     config), weights drawn by the same rule from its own seed.
 OUT_DIR/streamingt2v_refiner/tiny_ms_vid2vid/
     the tiny refiner, when tools/make_tiny_refiner.py exists (one folder per refiner, as the loader lists them).
+OUT_DIR/diffusion_models/tiny_wan21_t2v.safetensors, OUT_DIR/vae/tiny_wan_vae.safetensors
+    a tiny Wan 2.1 t2v DiT and Wan 2.1 VAE that core ComfyUI's UNETLoader/VAELoader load, when
+    tools/make_tiny_wan.py exists (its docstring gives the layouts).
 
 The frames these models make are noise: they only prove the pipeline.
 """
@@ -79,11 +82,20 @@ def write_refiner(out_dir):
     return folder
 
 
+def write_wan(out_dir):
+    script = os.path.join(REPO, "tools", "make_tiny_wan.py")
+    if not os.path.exists(script):
+        return None
+    subprocess.run([sys.executable, script, out_dir], check=True)  # prints the two files it writes
+    return None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", help="a models folder (it gets streamingt2v/, diffusion_models/, ...)")
     out_dir = p.parse_args(argv).out_dir
-    for path in (write_streamingt2v(out_dir), write_modelscope_unet(out_dir), write_refiner(out_dir)):
+    for path in (write_streamingt2v(out_dir), write_modelscope_unet(out_dir), write_refiner(out_dir),
+                 write_wan(out_dir)):
         if path is not None:
             print(path)
 

@@ -92,7 +92,9 @@ def test_api_workflow_runs_to_an_mp4(comfy, continue_input, tmp_path, name):
 
 
 # Workflows whose own test module runs them (other output size, slower stages).
-COVERED_ELSEWHERE = {"refine_video": "tests/comfy/test_nodes_refiner.py"}
+COVERED_ELSEWHERE = {"refine_video": "tests/comfy/test_nodes_refiner.py",
+                     "refine_long_video_native": "tests/comfy/test_tiny_wan.py",
+                     "long_video_native_context": "tests/comfy/test_tiny_wan.py"}
 
 
 @pytest.mark.compat

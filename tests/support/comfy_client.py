@@ -76,7 +76,8 @@ class ComfyServer:
     def __init__(self, base_dir: Path, comfy_dir: Path | None = None, python: str | None = None,
                  port: int | None = None, extra_model_paths: Path | None = None,
                  pack_dir: Path | None = REPO_ROOT, pack_name: str = PACK_NAME,
-                 extra_args: list[str] | None = None, threads: int = 1, cpu: bool = True):
+                 extra_args: list[str] | None = None, threads: int = 1, cpu: bool = True,
+                 extra_packs: dict[str, Path] | None = None):
         self.base_dir = Path(base_dir).resolve()
         self.comfy_dir = Path(comfy_dir or default_comfy_dir()).resolve()
         self.python = python or sys.executable
@@ -84,6 +85,8 @@ class ComfyServer:
         self.extra_model_paths = extra_model_paths
         self.pack_dir = Path(pack_dir).resolve() if pack_dir else None
         self.pack_name = pack_name
+        # more custom node folders to link in, {folder name: path} (the tests' own nodes)
+        self.extra_packs = {name: Path(p).resolve() for name, p in (extra_packs or {}).items()}
         self.extra_args = list(extra_args or [])
         self.threads = threads
         self.cpu = cpu
@@ -113,12 +116,15 @@ class ComfyServer:
                               "or set COMFYUI_PATH to a ComfyUI checkout")
         for sub in ("custom_nodes", "input", "output", "temp", "user/default"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        packs = dict(self.extra_packs)
         if self.pack_dir is not None:
-            link = self.base_dir / "custom_nodes" / self.pack_name
-            if link.is_symlink() and link.resolve() != self.pack_dir:
+            packs[self.pack_name] = self.pack_dir
+        for name, target in packs.items():
+            link = self.base_dir / "custom_nodes" / name
+            if link.is_symlink() and link.resolve() != target:
                 link.unlink()
             if not link.exists():
-                link.symlink_to(self.pack_dir, target_is_directory=True)
+                link.symlink_to(target, target_is_directory=True)
         # Without this the frontend covers the canvas with a full-screen templates dialog.
         settings = self.user_dir / "default" / "comfy.settings.json"
         if not settings.exists():
@@ -165,14 +171,16 @@ class ComfyServer:
         return self
 
     def check_pack_imported(self) -> None:
-        """Fail fast when the pack raised at import time (ComfyUI then drops every node of it)."""
-        if self.pack_dir is None:
+        """Fail fast when the pack or a linked test node folder raised at import (ComfyUI drops its nodes)."""
+        names = list(self.extra_packs) + ([self.pack_name] if self.pack_dir is not None else [])
+        if not names:
             return
         text = self.log_text()
-        bad = [ln for ln in text.splitlines() if IMPORT_FAILED in ln and self.pack_name in ln]
+        bad = [ln for ln in text.splitlines() if IMPORT_FAILED in ln and any(n in ln for n in names)]
         if bad:
             self.stop()
-            raise ServerError(f"the pack failed to import into ComfyUI: {bad[0].strip()}\n" + self.log_tail(200))
+            raise ServerError(f"a linked custom node folder failed to import into ComfyUI: {bad[0].strip()}\n"
+                              + self.log_tail(200))
 
     def log_text(self) -> str:
         if self._log_file is not None:

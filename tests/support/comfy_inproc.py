@@ -16,11 +16,12 @@ from tests.support.comfy_client import REPO_ROOT, default_comfy_dir
 PACK = "st2v_inproc_pack"
 
 
-def import_comfy():
-    """Put the ComfyUI checkout on sys.path (skip when there is none) and return its version string."""
+def import_comfy(missing=pytest.skip):
+    """Put the ComfyUI checkout on sys.path and return its version string. Without a checkout, calls
+    `missing(message)`: a test skips; a script (bench/) passes its own (e.g. SystemExit)."""
     root = default_comfy_dir()
     if not (root / "comfy" / "context_windows.py").is_file():
-        pytest.skip(f"no ComfyUI checkout at {root} (tools/bootstrap.sh)")
+        missing(f"no ComfyUI checkout at {root} (tools/bootstrap.sh)")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     import comfy.cli_args
@@ -32,9 +33,9 @@ def import_comfy():
     return comfyui_version.__version__
 
 
-def import_pack(module: str):
+def import_pack(module: str, missing=pytest.skip):
     """A pack module (e.g. "comfy_bridge.context_fuse") imported in-process with ComfyUI available."""
-    import_comfy()
+    import_comfy(missing)
     if PACK not in sys.modules:
         pack = types.ModuleType(PACK)
         pack.__path__ = [str(REPO_ROOT)]

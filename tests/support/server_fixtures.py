@@ -16,6 +16,8 @@ from tests.support.comfy_client import (REPO_ROOT, ComfyClient, ComfyServer, Ser
                           tiny_models_key, write_extra_model_paths)
 
 MAKE_TINY = REPO_ROOT / "tools" / "make_tiny_models.py"
+# Test-only nodes (tests/support/comfy_test_nodes: a tiny Wan text conditioning), linked next to the pack.
+TEST_NODES = {"streamingt2v_test_nodes": REPO_ROOT / "tests" / "support" / "comfy_test_nodes"}
 _server_log: list[Path] = []
 
 
@@ -77,7 +79,7 @@ def comfy_server(tmp_path_factory, tiny_models_dir):
     base = tmp_path_factory.mktemp("comfy_base")
     yaml_path = base / "extra_model_paths.yaml"
     write_extra_model_paths(yaml_path, tiny_models_dir)
-    server = ComfyServer(base, comfy_dir=comfy_dir, extra_model_paths=yaml_path)
+    server = ComfyServer(base, comfy_dir=comfy_dir, extra_model_paths=yaml_path, extra_packs=TEST_NODES)
     _server_log.append(server.log_path)
     try:
         server.start()
