@@ -15,6 +15,18 @@ neighbour's. Same solver, schedule, noise and blending for both.
 
 usage: python bench/seams.py [--denoiser smooth tiny] [--frames 88] [--steps 30] [--strength 600]
 (the tiny model takes about 4 min per 56 frames x 10 steps on one CPU thread)
+
+`--native` instead runs ComfyUI's own sampling in-process (the ComfyUI of tools/bootstrap.sh, or
+$COMFYUI_PATH) on one long latent through core's context windows with the same windows three ways: core's
+`pyramid` and `overlap-linear` fuse methods and randomized blending (comfy_bridge/context_fuse.py), on two
+denoisers: `smooth`, the chunk-local stand-in as a ComfyUI model (each window's x0 = its x_t box-filtered
+over its own frames only, through model_function_wrapper), and `wan`, the tiny random-weight Wan 2.1
+(tools/make_tiny_wan.py) that ComfyUI's own loader builds. It prints the seam score
+(streamingt2v_core.metrics.seams, on the latent frames: borders = the frame transitions inside the
+window overlaps) and the time per sampler step (best of --repeats) for each.
+
+usage: python bench/seams.py --native [--denoiser smooth wan] [--latent-frames 21] [--window 9] [--overlap 4]
+       [--steps 10] [--size 24x40] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -86,17 +98,32 @@ def seam_ratios(video: torch.Tensor, starts: list[int], overlaps: list[int]) -> 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--denoiser", nargs="+", default=["smooth"], choices=["smooth", "tiny"])
+    ap.add_argument("--native", action="store_true", help="core ComfyUI context windows (see the docstring)")
+    ap.add_argument("--denoiser", nargs="+", default=None, choices=["smooth", "tiny", "wan"])
     ap.add_argument("--frames", type=int, default=88)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=None, help="default 30 (10 with --native)")
+    ap.add_argument("--latent-frames", type=int, default=21, help="--native: latent frames (21 = 81 video frames)")
+    ap.add_argument("--window", type=int, default=9, help="--native: context length in latent frames")
+    ap.add_argument("--native-overlap", type=int, default=4, help="--native: context overlap in latent frames")
+    ap.add_argument("--size", default="24x40", help="--native: latent height x width")
+    ap.add_argument("--repeats", type=int, default=5, help="--native: timed runs per method (best is shown)")
     ap.add_argument("--strength", type=int, default=600, help="SDEdit start step of 1000 (official 600)")
     ap.add_argument("--chunk", type=int, default=24)
     ap.add_argument("--overlap", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-
-    for name in args.denoiser:
+    if args.native:
+        args.steps = args.steps or 10
+        for name in args.denoiser or ["smooth", "wan"]:
+            if name == "tiny":
+                ap.error("--native takes the denoisers smooth and wan")
+            native_report(name, args)
+        return 0
+    args.steps = args.steps or 30
+    for name in args.denoiser or ["smooth"]:
+        if name == "wan":
+            ap.error("the wan denoiser needs --native")
         if name == "tiny":
             from tools import make_tiny_refiner
             from streamingt2v_core.enhancers.load import load_refiner
@@ -148,6 +175,120 @@ def report(name, refiner, args) -> None:
     for method, (border, over) in results.items():
         print(f"{method:32s} {border:14.3f} {over:15.3f}")
     return 0
+
+
+def native_windows(model, args):
+    """The same static windows three ways: core's pyramid and overlap-linear, and randomized blending."""
+    from tests.support.comfy_inproc import import_pack
+
+    cf = import_pack("comfy_bridge.context_fuse", missing=SystemExit)
+    import comfy.context_windows as cw
+
+    def core(fuse):
+        patched = model.clone()
+        patched.model_options["context_handler"] = cw.IndexListContextHandler(
+            context_schedule=cw.get_matching_context_schedule(cw.ContextSchedules.STATIC_STANDARD),
+            fuse_method=cw.get_matching_fuse_method(fuse), context_length=args.window,
+            context_overlap=args.native_overlap, context_stride=1, closed_loop=False, dim=2)
+        cw.create_prepare_sampling_wrapper(patched)
+        return patched
+
+    blend = cf.randomized_blend_windows(model, args.window, args.native_overlap, seed=33,
+                                        frame_dim_choice="auto", length_unit="latent frames")
+    return {"core pyramid": core("pyramid"), "core overlap-linear": core("overlap-linear"),
+            "randomized blending": blend}
+
+
+def tiny_wan():
+    """The tiny Wan 2.1 t2v of the real-server tests, built by ComfyUI's own loader from its state dict."""
+    import comfy.sd
+    from tools import make_tiny_wan
+
+    return comfy.sd.load_diffusion_model_state_dict(make_tiny_wan.draw(make_tiny_wan.wan_shapes(),
+                                                                       make_tiny_wan.WAN_SEED))
+
+
+def window_local_smoother(model, width: int = 5):
+    """The chunk-local stand-in as a ComfyUI MODEL: the model is never called; x0 of each window = its x_t
+    box-filtered over the window's own frames (edges replicated), so windows disagree near their ends."""
+    patched = model.clone()
+
+    def x0(apply_model, call):
+        x = call["input"]
+        pad = width // 2
+        padded = torch.cat([x[:, :, :1].expand(-1, -1, pad, -1, -1), x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], 2)
+        return padded.unfold(2, width, 1).mean(-1)
+
+    patched.set_model_unet_function_wrapper(x0)
+    return patched
+
+
+def overlap_borders(windows: list[list[int]]) -> list[int]:
+    """Frame transitions b (change from frame b-1 to b) into, inside and out of every window overlap."""
+    borders = set()
+    ordered = sorted(windows, key=lambda w: w[0])
+    for prev, cur in zip(ordered, ordered[1:]):
+        borders.update(range(max(cur[0], 1), prev[-1] + 2))
+    return sorted(borders)
+
+
+def native_report(name, args) -> None:
+    import_comfy_or_exit()
+    import comfy.sample
+    from streamingt2v_core.metrics.seams import seam_score_from_changes
+
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    base = tiny_wan()
+    model = window_local_smoother(base) if name == "smooth" else base
+    methods = native_windows(model, args)
+    g = torch.Generator().manual_seed(0)
+    positive = [[0.1 * torch.randn(1, 16, 4096, generator=g), {}]]
+    negative = [[torch.zeros(1, 16, 4096), {}]]
+    clean = moving_pattern(args.latent_frames, h, w).repeat(1, 4, 1, 1, 1)  # 16 latent channels
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(7))
+    handler = methods["core pyramid"].model_options["context_handler"]
+    windows = [list(win.index_list) if hasattr(win, "index_list") else list(win)
+               for win in handler.context_schedule.func(args.latent_frames, handler, {})]
+    borders = overlap_borders(windows)
+
+    def sample(patched):
+        return comfy.sample.sample(patched, noise, args.steps, 5.0, "euler", "simple", positive, negative, clean,
+                                   denoise=0.6, seed=7, disable_pbar=True)
+
+    times, outs = {m: [] for m in methods}, {}
+    for _ in range(args.repeats):  # interleaved, so a slow moment of the machine hits every method alike
+        for method, patched in methods.items():
+            t0 = time.perf_counter()
+            outs[method] = sample(patched)
+            times[method].append((time.perf_counter() - t0) / args.steps)
+    print(f"native seams [{name}]: {args.latent_frames} latent frames {h}x{w}, windows {windows[0][0]}..: "
+          f"{[(win[0], win[-1]) for win in windows]} (length {args.window}, overlap {args.native_overlap}), "
+          f"{args.steps} euler steps, denoise 0.6, cfg 5, best of {args.repeats}")
+    fuse_us = {}
+    for method, patched in methods.items():  # the fuse method's own cost per window call, without the model
+        hd = patched.model_options["context_handler"]
+        hd._step = 1
+        calls = [dict(idxs=list(win), full_length=args.latent_frames, handler=hd, sigma=None) for win in windows]
+        t0 = time.perf_counter()
+        for _ in range(200):
+            for kw in calls:
+                hd.fuse_method.func(len(kw["idxs"]), **kw)
+        fuse_us[method] = (time.perf_counter() - t0) / (200 * len(calls)) * 1e6
+    print("fuse weights per window call: " + ", ".join(f"{m} {us:.1f} us" for m, us in fuse_us.items()))
+    print(f"{'method':22s} {'seam (overlaps)':>16s} {'seam (detected)':>16s} {'s/step':>8s} {'vs pyramid':>11s}")
+    ref = min(times["core pyramid"])
+    for method, out in [("input (no sampling)", clean)] + list(outs.items()):
+        changes = (out[:, :, 1:] - out[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4)).double().numpy()
+        given = seam_score_from_changes(changes, borders=borders)
+        found = seam_score_from_changes(changes)
+        step = f"{min(times[method]):8.3f} {min(times[method]) / ref - 1:+10.1%}" if method in times else ""
+        print(f"{method:22s} {given.score:16.3f} {found.score:9.3f} (p{found.period}) {step}")
+
+
+def import_comfy_or_exit():
+    from tests.support.comfy_inproc import import_comfy
+
+    return import_comfy(missing=SystemExit)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,9 @@ class RandomizedBlendWeights:
     def __init__(self, seed: int):
         self.seed = int(seed)
         self._key = None
-        self._owners = None
-        self._index = {}
+        self._weights = {}  # (first frame, length) of a window -> its 0/1 weights at the current step
 
-    def owners(self, handler, full_length: int):
+    def weights(self, handler, full_length: int) -> dict:
         windows = handler.context_schedule.func(full_length, handler, {})
         key = (handler._step, full_length, tuple(tuple(w) for w in windows))
         if key != self._key:
@@ -50,19 +49,22 @@ class RandomizedBlendWeights:
                                      f"use context_schedule {' or '.join(SCHEDULES)}")
                 spans.append((w[0], w[0] + len(w)))
             spans.sort()
-            self._owners = step_owners(full_length, spans, self.seed, handler._step)
-            self._index = {span: k for k, span in enumerate(spans)}
+            owners = step_owners(full_length, spans, self.seed, handler._step).tolist()
+            # plain lists, built once per step: core asks once per window and cond, and its own
+            # ramps cost about a microsecond, so the per-call work stays a dict lookup
+            self._weights = {(a, b - a): [1.0 if owners[f] == k else 0.0 for f in range(a, b)]
+                             for k, (a, b) in enumerate(spans)}
             self._key = key
-        return self._owners, self._index
+        return self._weights
 
     def __call__(self, length: int, full_length: int = 0, idxs=(), handler=None, **kwargs) -> list[float]:
-        owners, index = self.owners(handler, full_length)
-        k = index.get((idxs[0], idxs[0] + len(idxs))) if len(idxs) == length else None
-        if k is None:
+        weights = self.weights(handler, full_length)
+        found = weights.get((idxs[0], len(idxs))) if len(idxs) == length else None
+        if found is None or list(idxs) != list(range(idxs[0], idxs[0] + len(idxs))):
             raise ValueError(f"randomized blending: window {idxs[0]}..{idxs[-1]} is not one of this step's "
                              f"windows (a multi-modal latent or another handler's windows); use core's "
                              f"context windows for this model")
-        return (owners[list(idxs)] == k).double().tolist()
+        return list(found)
 
 
 class _Handler(cw.IndexListContextHandler):
