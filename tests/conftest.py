@@ -60,3 +60,11 @@ def tiny_official(tmp_path_factory):
     from tests.support.refiner import tiny_official as load_tiny_official
 
     return load_tiny_official(tmp_path_factory.mktemp("tiny_v2v"))
+
+
+@pytest.fixture(scope="session")
+def svd_tiny_checkpoint() -> Path:
+    """The StreamingSVD oracle's tiny model.safetensors (2 GB), rebuilt once into the cache and hash-checked."""
+    from tests.support.svd_tiny import tiny_svd_checkpoint
+
+    return tiny_svd_checkpoint()
