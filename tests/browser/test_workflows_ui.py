@@ -116,7 +116,13 @@ def test_twin_inputs_the_server_does_not_declare_are_not_a_difference():
         assert_same_prompt({"1": {"class_type": "WanContextWindowsManual", "inputs": older}}, want, "t")
 
 
-@pytest.mark.parametrize("ui_path", ui_workflows(), ids=lambda p: p.stem)
+# workflows of the native-model context windows (issue 12): their UI checks run with `-m native_blend` too
+NATIVE_BLEND_WORKFLOWS = {"refine_long_video_native", "long_video_native_context"}
+
+
+@pytest.mark.parametrize("ui_path", [pytest.param(p, id=p.stem, marks=[pytest.mark.native_blend]
+                                                  if p.stem in NATIVE_BLEND_WORKFLOWS else [])
+                                     for p in ui_workflows()])
 def test_workflow_loads_and_matches_api_twin(frontend, comfy, ui_path):
     wf = json.loads(ui_path.read_text())
     twin = api_twin(ui_path)
