@@ -40,8 +40,9 @@ EXPECTED_OUTPUTS = {
     "VideoQualityMetrics": ["STRING", "STRING", "FLOAT", "FLOAT", "FLOAT", "INT", "FLOAT", "FLOAT", "FLOAT"],
 }
 # Every node the pack registers (nodes/__init__.py); the refiner nodes' inputs: tests/comfy/test_nodes_refiner.py,
-# the context-window node's: tests/comfy/test_context_blend.py
-PACK_NODES = set(EXPECTED_INPUTS) | {"LoadStreamingT2VRefiner", "RandomizedBlendRefiner", "RandomizedBlendContextWindows"}
+# the context-window node's: tests/comfy/test_context_blend.py, StreamingSVD's: tests/unit/nodes/test_svd.py
+PACK_NODES = set(EXPECTED_INPUTS) | {"LoadStreamingT2VRefiner", "RandomizedBlendRefiner", "RandomizedBlendContextWindows",
+                                     "StreamingSVDSigmas"}
 # frames of the mp4 each shipped workflow writes (chunk 0 whole + 8 per CAM chunk)
 EXPECTED_WORKFLOW_FRAMES = {
     "long_video": 16 + 64,
