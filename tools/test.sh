@@ -3,7 +3,8 @@
 # unit (CPU, tiny models), comfy (a real headless ComfyUI with the pack linked in) and browser (the real
 # ComfyUI frontend in headless Chromium). Extra arguments go to pytest, e.g. `bash tools/test.sh tests/unit`.
 #
-# `bash tools/test.sh --comfy033` runs the second leg alone: the compatibility tests (marker `compat`) against
+# `bash tools/test.sh --comfy033` runs the second leg alone: the compatibility tests (marker `compat`, in tests/comfy,
+# tests/browser and tests/oracle) against
 # ComfyUI 0.33.0 with the newest frontend (tools/bootstrap.sh --comfy033). Without ../shared beside the
 # repository it prints why it skips and exits 0.
 set -uo pipefail
@@ -25,7 +26,7 @@ if [ "$LEG" = 0.33.0 ]; then
   LOG=out/pytest-comfy033.log
   frontend="$(cat "$(dirname "$(dirname "$VPY")")/.frontend" 2>/dev/null || true)"
   [ -n "$frontend" ] && [ "$frontend" != latest ] && export STREAMINGT2V_EXPECT_FRONTEND="$frontend"
-  [ $# -eq 0 ] && set -- -m compat tests/comfy tests/browser
+  [ $# -eq 0 ] && set -- -m compat tests/comfy tests/browser tests/oracle
 else
   bash tools/bootstrap.sh || { echo "test.sh: tools/bootstrap.sh failed" >&2; exit 1; }
   VPY="$ROOT/.venv/bin/python"
