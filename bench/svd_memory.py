@@ -30,13 +30,9 @@ GIB = 2 ** 30
 
 
 def read_manifest() -> dict:
-    shapes = {}
-    with open(MANIFEST, encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            key, shape, _dtype, _numel = line.rstrip("\n").split("\t")
-            shapes[key] = tuple(int(x) for x in shape.strip("[]").split(",") if x.strip())
-    return shapes
+    from streamingt2v_core.svd.weights import read_shape_manifest
+
+    return read_shape_manifest(MANIFEST)
 
 
 def main(argv=None) -> int:

@@ -69,16 +69,21 @@ class StreamingSVDParts:
 MANIFEST = Path(__file__).with_name("streaming_svd_cam_manifest.tsv")
 
 
-@lru_cache(maxsize=1)
-def official_shapes() -> dict[str, tuple[int, ...]]:
-    """key -> shape of every CAM and merger tensor of the real model.safetensors (file key names)."""
+def read_shape_manifest(path) -> dict[str, tuple[int, ...]]:
+    """key -> shape of a key/shape manifest (TSV: key, shape as [a, b], dtype, numel; one header line)."""
     shapes = {}
-    with open(MANIFEST, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         next(f)
         for line in f:
             key, shape, _dtype, _numel = line.rstrip("\n").split("\t")
             shapes[key] = tuple(int(x) for x in shape.strip("[]").split(",") if x.strip())
     return shapes
+
+
+@lru_cache(maxsize=1)
+def official_shapes() -> dict[str, tuple[int, ...]]:
+    """key -> shape of every CAM and merger tensor of the real model.safetensors (file key names)."""
+    return read_shape_manifest(MANIFEST)
 
 
 def expected_keys() -> set[str]:

@@ -18,12 +18,9 @@ MERGER = BASE + "cross_attention_merger_"
 
 @pytest.fixture(scope="module")
 def shapes():
-    out = {}
-    with open(MANIFEST, encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            key, shape, _dtype, _numel = line.rstrip("\n").split("\t")
-            out[key] = tuple(int(x) for x in shape.strip("[]").split(",") if x.strip())
+    from streamingt2v_core.svd.weights import read_shape_manifest
+
+    out = read_shape_manifest(MANIFEST)
     assert len(out) == 3246
     return out
 

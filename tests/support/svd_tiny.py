@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tests.support.paths import CACHE, DATA
-from tests.support.tiny import LOGIT_SCALE, SEED, read_manifest
+from tests.support.tiny import SEED, draw_tensor, read_manifest
 
 SVD_DATA = DATA / "svd"
 MANIFEST = SVD_DATA / "tiny_manifest.tsv"
@@ -30,17 +30,8 @@ def expected_hash() -> str:
 
 
 def draw(key: str, shape: list[int], g: torch.Generator) -> torch.Tensor:
-    """One tensor by the oracle rule (same draws as tests.support.tiny.regenerate for this key)."""
-    if len(shape) >= 2:
-        t = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
-    elif len(shape) == 1:
-        scale, offset = (0.1, 1.0) if key.endswith("weight") else (0.05, 0.0)
-        t = offset + scale * torch.randn(shape, generator=g)
-    elif key.endswith("alpha"):
-        t = 0.75 + 0.25 * torch.randn((), generator=g)
-    else:
-        t = torch.tensor(LOGIT_SCALE)
-    return t.float().contiguous()
+    """One tensor by the oracle rule (the same draws as tests.support.tiny.regenerate for this key)."""
+    return draw_tensor(key, shape, g)
 
 
 def _hash_update(h, key: str, t: torch.Tensor) -> None:

@@ -36,17 +36,22 @@ def regenerate(rows, seed: int = SEED) -> dict:
     for key, shape, dtype in sorted(rows):
         if dtype != "float32":
             raise ValueError(f"{key}: manifest dtype {dtype}, expected float32")
-        if len(shape) >= 2:
-            t = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
-        elif len(shape) == 1:
-            scale, offset = (0.1, 1.0) if key.endswith("weight") else (0.05, 0.0)
-            t = offset + scale * torch.randn(shape, generator=g)
-        elif key.endswith("alpha"):
-            t = 0.75 + 0.25 * torch.randn((), generator=g)
-        else:
-            t = torch.tensor(LOGIT_SCALE)
-        out[key] = t.float().contiguous()
+        out[key] = draw_tensor(key, shape, g)
     return out
+
+
+def draw_tensor(key: str, shape, g: torch.Generator) -> torch.Tensor:
+    """One tensor by the rule above, drawn from `g` (the StreamingSVD oracle uses the same rule)."""
+    if len(shape) >= 2:
+        t = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+    elif len(shape) == 1:
+        scale, offset = (0.1, 1.0) if key.endswith("weight") else (0.05, 0.0)
+        t = offset + scale * torch.randn(shape, generator=g)
+    elif key.endswith("alpha"):
+        t = 0.75 + 0.25 * torch.randn((), generator=g)
+    else:
+        t = torch.tensor(LOGIT_SCALE)
+    return t.float().contiguous()
 
 
 def content_hash(state: dict) -> str:
