@@ -165,20 +165,19 @@ def draw(shapes, seed):
     return out
 
 
-def write_wan(out_dir):
-    folder = os.path.join(out_dir, "diffusion_models")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, WAN_NAME + ".safetensors")
-    save_file(draw(wan_shapes(), WAN_SEED), path)
+def write(out_dir, folder, name, shapes, seed):
+    os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+    path = os.path.join(out_dir, folder, name + ".safetensors")
+    save_file(draw(shapes, seed), path)
     return path
+
+
+def write_wan(out_dir):
+    return write(out_dir, "diffusion_models", WAN_NAME, wan_shapes(), WAN_SEED)
 
 
 def write_vae(out_dir):
-    folder = os.path.join(out_dir, "vae")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, VAE_NAME + ".safetensors")
-    save_file(draw(vae_shapes(), VAE_SEED), path)
-    return path
+    return write(out_dir, "vae", VAE_NAME, vae_shapes(), VAE_SEED)
 
 
 def main(argv=None):

@@ -114,21 +114,17 @@ def recorded(sp, model, ref):
         seen["unet_out"] = out = executor(*args, **kwargs)
         return out
 
-    def before(h, hsp, to):
-        i = to["block"][1]
-        if i in MERGED:
-            seen[f"{MERGED[i][1]}/skip_in"] = hsp.clone()
-            if MERGED[i][0]:
-                seen[f"{MERGED[i][0]}/skip_in"] = h.clone()
-        return h, hsp
+    def probe(tag):  # records the merged skip (and, at block 0, the mid output) before/after the mergers
+        def patch(h, hsp, to):
+            i = to["block"][1]
+            if i in MERGED:
+                seen[f"{MERGED[i][1]}/{tag}"] = hsp.clone()
+                if MERGED[i][0]:
+                    seen[f"{MERGED[i][0]}/{tag}"] = h.clone()
+            return h, hsp
+        return patch
 
-    def after(h, hsp, to):
-        i = to["block"][1]
-        if i in MERGED:
-            seen[f"{MERGED[i][1]}/out"] = hsp.clone()
-            if MERGED[i][0]:
-                seen[f"{MERGED[i][0]}/out"] = h.clone()
-        return h, hsp
+    before, after = probe("skip_in"), probe("out")
 
     to = unet_options(model, (1, 0))
     to["wrappers"][pe.WrappersMP.DIFFUSION_MODEL].setdefault("test_probe", []).append(inner)
