@@ -2,7 +2,8 @@
 
 models/streamingt2v holds StreamingT2V checkpoints (a file, or a folder converted with
 `python -m streamingt2v_core.convert`), models/streamingt2v_refiner one folder per refiner, and the
-ModelScope text-to-video UNet comes from ComfyUI's own models/diffusion_models.
+ModelScope text-to-video UNet comes from ComfyUI's own models/diffusion_models. StreamingSVD's CAM is read
+from its model.safetensors in ComfyUI's models/checkpoints or from a CAM-only file in models/streamingsvd.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import folder_paths
 STREAMINGT2V = "streamingt2v"
 REFINER = "streamingt2v_refiner"
 MODELSCOPE = "diffusion_models"
+STREAMINGSVD = "streamingsvd"  # CAM-only files; the full model.safetensors lives in ComfyUI's checkpoints
+CHECKPOINTS = "checkpoints"
 # Model folder keys of the pack; `extra_model_paths.yaml` may already have added paths for them.
-MODEL_FOLDERS = (STREAMINGT2V, REFINER)
+MODEL_FOLDERS = (STREAMINGT2V, REFINER, STREAMINGSVD)
 WEIGHT_EXTENSIONS = {".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".sft"}
 # A folder written by `python -m streamingt2v_core.convert` holds one file per official component.
 _CONVERTED_MARKERS = ("base_model.safetensors", "config.json")
@@ -174,3 +177,35 @@ def find_refiner(input_name: str, name) -> str:
     if path is None:
         raise FileNotFoundError(missing_message(input_name, name, REFINER, refiner_choices()))
     return path
+
+
+# -- StreamingSVD: models/streamingsvd (CAM files) and models/checkpoints (model.safetensors) ---------
+
+_SAFETENSORS = (".safetensors", ".sft")
+
+
+def streamingsvd_choices() -> list:
+    return sorted({f for key in (STREAMINGSVD, CHECKPOINTS) for f in folder_paths.get_filename_list(key)
+                   if os.path.splitext(f)[1].lower() in _SAFETENSORS})
+
+
+def streamingsvd_path(name: str) -> str | None:
+    if os.path.splitext(name)[1].lower() not in _SAFETENSORS:
+        return None
+    return folder_paths.get_full_path(STREAMINGSVD, name) or folder_paths.get_full_path(CHECKPOINTS, name)
+
+
+def streamingsvd_problem(input_name: str, name) -> str | None:
+    """Why `name` is no safetensors file of models/streamingsvd or models/checkpoints (None: it is one)."""
+    problem = model_name_problem(input_name, name, STREAMINGSVD)
+    if problem is None and streamingsvd_path(name) is None:
+        problem = missing_message(input_name, name, STREAMINGSVD, streamingsvd_choices()) + \
+            " (or the StreamingSVD model.safetensors into models/checkpoints)"
+    return problem
+
+
+def find_streamingsvd(input_name: str, name) -> str:
+    problem = streamingsvd_problem(input_name, name)
+    if problem:
+        raise ValueError(problem)
+    return streamingsvd_path(name)

@@ -16,6 +16,8 @@ loads and offloads them together with the UNet.
 from __future__ import annotations
 
 import contextlib
+import weakref
+from dataclasses import dataclass
 
 import comfy.model_patcher
 import comfy.ops
@@ -96,6 +98,74 @@ def build_cam(model, parts) -> comfy.model_patcher.ModelPatcher:
 def build_mergers(model, parts) -> comfy.model_patcher.ModelPatcher:
     """The skip mergers of `parts` as a ModelPatcher over SkipMergers, in the model's dtype."""
     return _merger_patcher(model, load_mergers(parts.mergers))
+
+
+class ConcatEncoder(nn.Module):
+    """The conditioner's VAE encoder (official `AutoencoderKLModeOnly`): pixels [B,3,H,W] in [-1,1] to the
+    mode (mean) of the posterior, unscaled, [B, 4, H/8, W/8]. ComfyUI's Encoder block with the widths the
+    weights have; no decoder (the official never decodes with it)."""
+
+    def __init__(self, state_dict: dict):
+        super().__init__()
+        from comfy.ldm.modules.diffusionmodules.model import Encoder
+
+        def shape(key):
+            if key not in state_dict:
+                raise ValueError(f"the conditioner encoder has no {key}")
+            return tuple(state_dict[key].shape)
+
+        levels = 1 + max(int(k.split(".")[2]) for k in state_dict if k.startswith("encoder.down."))
+        blocks = 1 + max(int(k.split(".")[4]) for k in state_dict if k.startswith("encoder.down.0.block."))
+        ch, in_channels = shape("encoder.conv_in.weight")[:2]
+        if any(".attn." in k for k in state_dict if k.startswith("encoder.down.")):
+            raise ValueError("the conditioner encoder has attention in its down blocks: not SVD's VAE encoder")
+        self.encoder = Encoder(ch=ch, out_ch=3, ch_mult=[shape(f"encoder.down.{i}.block.0.conv2.weight")[0] // ch
+                                                         for i in range(levels)],
+                               num_res_blocks=blocks, attn_resolutions=[], in_channels=in_channels, resolution=256,
+                               z_channels=shape("encoder.conv_out.weight")[0] // 2, double_z=True)
+        moments = shape("quant_conv.weight")[0]
+        self.quant_conv = comfy.ops.disable_weight_init.Conv2d(moments, moments, 1)
+        self.load_state_dict(state_dict, strict=True)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        moments = self.quant_conv(self.encoder(pixels))
+        return moments.chunk(2, dim=1)[0]
+
+
+def build_concat_encoder(model, parts) -> comfy.model_patcher.ModelPatcher:
+    """The conditioner's VAE encoder of `parts` as a ModelPatcher, in fp32 (the official runs it with autocast
+    off), on the SVD MODEL's devices. A state dict that does not fit the VAE encoder raises ValueError."""
+    try:
+        module = ConcatEncoder({k: v.float() for k, v in parts.concat_encoder.items()}).eval()
+    except RuntimeError as exc:  # load_state_dict: missing/unexpected/mis-shaped
+        raise ValueError(f"the conditioner encoder (conditioner.embedders.3.encoder.*) does not fit SVD's VAE "
+                         f"encoder: {exc}") from exc
+    return _patcher(model, module.to(model.offload_device))
+
+
+@dataclass(frozen=True)
+class StreamingSVDModules:
+    """StreamingSVD's modules for one SVD MODEL, as ModelPatchers."""
+    cam: comfy.model_patcher.ModelPatcher
+    mergers: comfy.model_patcher.ModelPatcher
+    concat_encoder: comfy.model_patcher.ModelPatcher
+
+
+# SVD weights (BaseModel) -> (parts, modules) last built for them: a queue of prompts reuses the same patchers
+# (ComfyUI keeps them loaded between prompts); a new CAM file for the same model replaces the entry.
+_BUILT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def build_modules(model, parts) -> StreamingSVDModules:
+    """The CAM, mergers and concat encoder of `parts` for the SVD MODEL `model` (built once per pair).
+    ValueError when they do not fit the model."""
+    last = _BUILT.get(model.model)
+    if last is not None and last[0] is parts:
+        return last[1]
+    modules = StreamingSVDModules(build_cam(model, parts), build_mergers(model, parts),
+                                  build_concat_encoder(model, parts))
+    _BUILT[model.model] = (parts, modules)
+    return modules
 
 
 def _merger_patcher(model, mergers: dict) -> comfy.model_patcher.ModelPatcher:

@@ -3,7 +3,7 @@
 Every chunk is sampled by comfy.sample.sample_custom (ComfyUI's sampler objects, model loading, its
 interrupt checks), with the MODEL patched by comfy_bridge.svd_patch (CAM on the last 7 frames of the previous
 chunk) and the conditioning SVD_img2vid.extra_conds expects:
-* positive = [image embedding [1,1,D], {concat_latent_image: VAE-encoder mode latent of image + 0.02 U[0,1),
+* positive = [image embedding [1,1,D], {concat_latent_image: the conditioner encoder's mode latent of image + 0.02 U,
   unscaled (c_concat is not passed through process_latent_in), fps 7 (ComfyUI embeds fps - 1 = 6, the official
   fps_id), motion_bucket_id 127, augmentation_level 0.02}]; negative = the same with embedding and concat zeroed
   (the official uncond; the vector is kept);
@@ -46,9 +46,13 @@ def image_embedding(clip_vision, image: torch.Tensor) -> torch.Tensor:
     return out[2].to(mm.intermediate_device(), torch.float32)[:, None]  # image_embeds, as encode_image gives
 
 
-def concat_latent(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """The VAE-encoder mode latent [1, 4, h, w] (unscaled) of `pixels` [1, 3, H, W] in [-1, 1]."""
-    return vae.encode(((pixels + 1.0) / 2.0).movedim(1, -1)).to(torch.float32)
+def concat_latent(concat_encoder, pixels: torch.Tensor) -> torch.Tensor:
+    """The conditioner encoder's mode latent [1, 4, h, w] (unscaled) of `pixels` [1, 3, H, W] in [-1, 1];
+    `concat_encoder`: svd_patch.build_concat_encoder (fp32)."""
+    mm.load_model_gpu(concat_encoder)
+    with torch.no_grad():
+        z = concat_encoder.model(pixels.to(concat_encoder.load_device, torch.float32))
+    return z.to(mm.intermediate_device(), torch.float32)
 
 
 def decode_frames(vae, latents: torch.Tensor, frames_per_call: int = config.VAE_DECODE_FRAMES) -> torch.Tensor:
@@ -96,21 +100,22 @@ def size_problem(height: int, width: int) -> str | None:
     """Why frames of this size cannot be a StreamingSVD video (None: they can)."""
     # the latent is H/8 x W/8 and the UNet halves it three times: sides must be multiples of 64
     if height % 64 or width % 64:
-        return (f"{height}x{width} pixels: both sides must be multiples of 64 (the SVD latent is 1/8 of the "
+        return (f"{width}x{height} pixels (width x height): both sides must be multiples of 64 (the SVD latent is 1/8 of the "
                 f"frame and the UNet halves it 3 times); resize the frames, e.g. to 1024x576 (the official size)")
     return None
 
 
-def stream(model, cam, mergers, vae, frames: torch.Tensor, chunks: int, seed: int,
+def stream(model, cam, mergers, concat_encoder, vae, frames: torch.Tensor, chunks: int, seed: int,
            sigmas: torch.Tensor | None = None, sampler=None, clip_vision=None, image: torch.Tensor | None = None,
-           embedding: torch.Tensor | None = None, concat_vae=None,
+           embedding: torch.Tensor | None = None,
            on_step: Callable | None = None, on_chunk: Callable | None = None) -> StreamResult:
     """`chunks` StreamingSVD chunks after `frames` ([N >= 7, 3, H, W] in [-1, 1]: the first chunk or any video).
 
-    model: ComfyUI's SVD MODEL; cam/mergers: svd_patch.build_cam/build_mergers; vae: the SVD VAE (decode);
-    concat_vae: the VAE whose encoder makes the concat latent (official: the conditioner's own encoder; default
-    `vae`); image: the SVD image [1, 3, H, W] (default frame 6 of `frames`); embedding: its CLIP embedding
-    [1, 1, D] (default: through `clip_vision`); seed: one generator for the whole stream (ChunkDraws: per
+    model: ComfyUI's SVD MODEL; cam/mergers/concat_encoder: svd_patch.build_cam/build_mergers/
+    build_concat_encoder (the conditioner's own encoder makes the concat latent, as officially); vae: the SVD
+    VAE (decode); image: the SVD image [1, 3, H, W] (default frame 6 of `frames`), or one per chunk
+    [K, 3, H, W] (chunk c takes image min(c, K-1): per-chunk anchors); embedding: the CLIP embedding [1, 1, D]
+    of a single image (default: through `clip_vision`); seed: one generator for the whole stream (ChunkDraws: per
     chunk the uniform augmentation, then the initial noise); sigmas: default the official schedule for 30
     steps; sampler: default Euler. on_step(chunk, step, total_steps, x0) after every sampler step;
     on_chunk(chunk, new_frames) after each chunk."""
@@ -122,21 +127,24 @@ def stream(model, cam, mergers, vae, frames: torch.Tensor, chunks: int, seed: in
         raise ValueError(f"frames: {problem}")
     if image is None:
         image = frames[min(config.SVD_IMAGE_INDEX, n - 1)][None]
+    if embedding is not None and image.shape[0] != 1:
+        raise ValueError("embedding: one embedding is given for several SVD images; give one image or no embedding")
     sigmas = (official_sigmas(config.STEPS) if sigmas is None else sigmas).float()
     sampler = comfy.samplers.ksampler("euler") if sampler is None else sampler
-    if embedding is None:
-        if clip_vision is None:
-            raise ValueError("clip_vision: a CLIP vision model (or an image embedding) is needed")
-        embedding = image_embedding(clip_vision, image)
-    concat_vae = vae if concat_vae is None else concat_vae
+    if embedding is None and clip_vision is None:
+        raise ValueError("clip_vision: a CLIP vision model (or an image embedding) is needed")
+    embeddings = {0: embedding} if embedding is not None else {}
     draws = ChunkDraws(seed, height, width, config.FRAMES)
     guided = with_linear_guidance(model)
     result = StreamResult()
     video, prev = [frames], frames
     for c in range(chunks):
         draw = draws.next()
-        concat = concat_latent(concat_vae, cond_frames(image, draw.cond_aug_uniform.to(image)))
-        positive, negative = svd_conds(embedding, concat)
+        k = min(c, image.shape[0] - 1)
+        if k not in embeddings:
+            embeddings[k] = image_embedding(clip_vision, image[k:k + 1])
+        concat = concat_latent(concat_encoder, cond_frames(image[k:k + 1], draw.cond_aug_uniform.to(image)))
+        positive, negative = svd_conds(embeddings[k], concat)
         patched = streaming_svd_patch(guided, cam, mergers, control_frames(prev))
         zeros = torch.zeros(config.FRAMES, 4, height // LATENT_FACTOR, width // LATENT_FACTOR)
 

@@ -15,8 +15,9 @@ class ChunkAssembler(io.ComfyNode):
             node_id="ChunkAssembler",
             display_name="Chunk Assembler (StreamingT2V)",
             category="StreamingT2V/video",
-            description="Joins a stream as the official code does: chunk 0 whole, then the 8 new frames of every "
-                        "later chunk. Outputs the frames (IMAGE), the fps and a VIDEO for Save Video.",
+            description="Joins a stream as the official code does: chunk 0 whole, then the new frames of every "
+                        "later chunk (8 for StreamingT2V, 18 for StreamingSVD). Outputs the frames (IMAGE), the fps "
+                        "and a VIDEO for Save Video.",
             inputs=[
                 Stream.Input("stream"),
                 io.Float.Input("fps", default=8.0, min=0.01, max=1000.0, step=0.01,

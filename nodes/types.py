@@ -18,6 +18,7 @@ ModelScopeUNet = io.Custom("STREAMINGT2V_T2V_UNET")  # the stage-1 ModelScope te
 APMAnchor = io.Custom("STREAMINGT2V_APM")  # the appearance anchor: APM tokens
 Stream = io.Custom("STREAMINGT2V_STREAM")  # a resumable video: frames so far, chunk boundaries, anchor
 RefinerModel = io.Custom("STREAMINGT2V_REFINER")  # the stage-3 enhancer (MS-Vid2Vid-XL or a diffusers T2V model)
+StreamingSVDCAM = io.Custom("STREAMINGSVD_CAM")  # StreamingSVD's CAM, skip mergers and conditioner encoder
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 # The official model's numbers, for what is shown before any model is loaded (tooltips, lazy checks);
@@ -100,3 +101,11 @@ def image_to_frames(image: torch.Tensor) -> torch.Tensor:
 def frames_to_image(frames: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) to IMAGE [N, H, W, 3] float32 on the CPU, contiguous."""
     return frames.detach().permute(0, 2, 3, 1).float().cpu().contiguous()
+
+
+@dataclass(eq=False)
+class SVDCamWeights:
+    """What LoadStreamingSVDCAM gives: StreamingSVD's own weights, read memory-mapped, built into modules for
+    an SVD MODEL when a node first needs them (comfy_bridge.svd_patch.build_modules)."""
+    parts: object  # streamingt2v_core.svd.weights.StreamingSVDParts
+    name: str  # the file's name in its model folder

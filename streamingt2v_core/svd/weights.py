@@ -1,8 +1,9 @@
-"""StreamingSVD's own weights: the CAM (`controlnet.*`) and the 13 mergers, read from the official
-`model.safetensors` (12.5 GB, fp32) or from a CAM-only file written by `write_cam_file`.
+"""StreamingSVD's own weights: the CAM (`controlnet.*`), the 13 mergers and the conditioner's VAE encoder
+(the concat image's encoder, `conditioner.embedders.3.encoder.*`), read from the official `model.safetensors`
+(12.5 GB, fp32) or from a CAM-only file written by `write_cam_file`.
 
-The SVD-XT base (UNet, VAE, CLIP vision) in the same file is ComfyUI's to load; here only these 800 keys
-are read, through `safetensors.safe_open` (memory-mapped; the rest of the file is never touched).
+The SVD-XT base (UNet, VAE, CLIP vision) in the same file is ComfyUI's to load; here only these 800 + 108
+keys are read, through `safetensors.safe_open` (memory-mapped; the rest of the file is never touched).
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ CAM_PREFIX = "controlnet."
 FRAME_ENCODER_PREFIX = "controlnet.controlnet_cond_embedding."
 BASE_PREFIX = "model.diffusion_model."
 MERGER_PREFIX = BASE_PREFIX + "cross_attention_merger_"
+# The conditioner's own VAE encoder makes the concat latent officially (ComfyUI would use the first stage's);
+# only its encoder and quant_conv are used (its decoder is dead weight).
+CONCAT_ENCODER_PREFIX = "conditioner.embedders.3.encoder."
 CAM_FILE_FORMAT = "streamingsvd-cam"  # metadata "streamingt2v" of a CAM-only file
 
 OFFICIAL_FIX = ("use the StreamingSVD model.safetensors (https://huggingface.co/PAIR/StreamingSVD, file "
@@ -57,9 +61,11 @@ class StreamingSVDParts:
     mergers: dict[object, dict[str, torch.Tensor]]
     source: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    # the conditioner's VAE encoder (`encoder.*`, `quant_conv.*`), as stored (fp32 in both file kinds)
+    concat_encoder: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def numel(self) -> int:
-        parts = [self.cam_unet, self.frame_encoder, *self.mergers.values()]
+        parts = [self.cam_unet, self.frame_encoder, *self.mergers.values(), self.concat_encoder]
         return sum(t.numel() for part in parts for t in part.values())
 
 
@@ -67,6 +73,7 @@ class StreamingSVDParts:
 # The expected layout (reference manifest: the controlnet.* and merger rows of the real model.safetensors)
 
 MANIFEST = Path(__file__).with_name("streaming_svd_cam_manifest.tsv")
+CONCAT_ENCODER_MANIFEST = Path(__file__).with_name("streaming_svd_concat_encoder_manifest.tsv")
 
 
 def read_shape_manifest(path) -> dict[str, tuple[int, ...]]:
@@ -87,8 +94,19 @@ def official_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def expected_keys() -> set[str]:
-    """The file keys the loader reads (the same names in the real and in the oracle's tiny checkpoint)."""
+    """The CAM and merger file keys the loader reads (the same names in the real and in the oracle's tiny
+    checkpoint)."""
     return set(official_shapes())
+
+
+def concat_encoder_shapes() -> dict[str, tuple[int, ...]]:
+    """key -> shape of the conditioner's VAE encoder (`encoder.*`, `quant_conv.*`) in the real file."""
+    return read_shape_manifest(CONCAT_ENCODER_MANIFEST)
+
+
+def file_shapes() -> dict[str, tuple[int, ...]]:
+    """Every key (with its real shape) the loader reads: CAM, mergers and the concat encoder."""
+    return {**official_shapes(), **concat_encoder_shapes()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +128,8 @@ def _sniff(path: Path) -> None:
         raise CheckpointError(f"{path}: the file is empty; {_REDOWNLOAD}")
     with open(path, "rb") as f:
         head = f.read(16)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    # a header length's low byte may be 0x80 (a pickle's first byte): safetensors wins when its '{' is there
+    if head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
         raise CheckpointError(
             f"{path}: this is a torch.save checkpoint (.ckpt/.pth), not StreamingSVD's model.safetensors; the "
             f"StreamingT2V streaming_t2v.ckpt (ModelScope base) belongs to the LoadStreamingT2V loader. Fix: "
@@ -246,7 +265,18 @@ def check_file(path) -> dict[str, tuple[int, ...]]:
         shown = ", ".join(f"{k} ({header[k]['dtype']})" for k in bad[:10])
         raise CheckpointError(f"{path}: {len(bad)} CAM / merger tensor(s) are not floating point: {shown}; "
                               f"Fix: use the original, unquantised file. {OFFICIAL_FIX}")
-    return {k: shapes[k] for k in sorted(expected_keys())}
+    encoder = set(concat_encoder_shapes())
+    missing = sorted(encoder - set(shapes))
+    if missing:
+        raise CheckpointError(
+            f"{path}: the conditioner's VAE encoder ({CONCAT_ENCODER_PREFIX}encoder.*, quant_conv.*, which encodes "
+            f"the SVD image for every chunk) is missing: {len(missing)} of {len(encoder)} keys, e.g. {missing[0]}. "
+            f"Fix: {OFFICIAL_FIX} (a CAM file from an older converter lacks it: write it again)")
+    bad = sorted(k for k in encoder if header[k]["dtype"] not in ("F32", "F16", "BF16", "F64"))
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} conditioner-encoder tensor(s) are not floating point, e.g. "
+                              f"{bad[0]} ({header[bad[0]]['dtype']}); Fix: {OFFICIAL_FIX}")
+    return {k: shapes[k] for k in sorted(expected_keys() | encoder)}
 
 
 def read_cam_and_mergers(path, dtype=None) -> StreamingSVDParts:
@@ -261,9 +291,12 @@ def read_cam_and_mergers(path, dtype=None) -> StreamingSVDParts:
     cam_unet, frame_encoder = {}, {}
     mergers: dict[object, dict[str, torch.Tensor]] = {name: {} for name in MERGER_NAMES}
     prefixes = [(merger_prefix(n), n) for n in MERGER_NAMES]
+    encoder = {}
     try:
         with _open(path) as f:
             metadata = dict(f.metadata() or {})
+            for key in sorted(concat_encoder_shapes()):  # kept as stored: the official encodes in fp32
+                encoder[key[len(CONCAT_ENCODER_PREFIX):]] = f.get_tensor(key)
             for key in sorted(expected_keys()):
                 t = f.get_tensor(key)
                 if cast is not None and t.dtype != cast:
@@ -279,7 +312,7 @@ def read_cam_and_mergers(path, dtype=None) -> StreamingSVDParts:
                             break
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: could not be read as safetensors ({exc}); {_REDOWNLOAD}") from exc
-    return StreamingSVDParts(cam_unet, frame_encoder, mergers, str(path), metadata)
+    return StreamingSVDParts(cam_unet, frame_encoder, mergers, str(path), metadata, encoder)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,8 +353,9 @@ def write_safetensors_stream(dst, specs: list[tuple[str, list, torch.dtype]], te
 
 def write_cam_file(src, dst, dtype="fp16") -> Path:
     """A CAM-only file from StreamingSVD's model.safetensors (or another CAM file): the 800 CAM and merger
-    tensors under their original names, cast to `dtype` ("fp16", "bf16", "fp32"), streamed one at a time.
-    About 1.48 GB in fp16 for the real model."""
+    tensors under their original names, cast to `dtype` ("fp16", "bf16", "fp32"), and the conditioner's VAE
+    encoder kept in fp32 (as the official runs it; 137 MB), streamed one at a time. About 1.62 GB with fp16
+    for the real model."""
     from safetensors import SafetensorError
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
@@ -333,7 +367,8 @@ def write_cam_file(src, dst, dtype="fp16") -> Path:
     tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
     try:
         with _open(src) as f:
-            write_safetensors_stream(tmp, [(k, list(shapes[k]), target) for k in keys],
+            kinds = [torch.float32 if k.startswith(CONCAT_ENCODER_PREFIX) else target for k in keys]
+            write_safetensors_stream(tmp, [(k, list(shapes[k]), t) for k, t in zip(keys, kinds)],
                                      (f.get_tensor(k) for k in keys), metadata)
         os.replace(tmp, dst)
     except (SafetensorError, OSError) as exc:

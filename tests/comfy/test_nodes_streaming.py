@@ -23,7 +23,7 @@ EXPECTED_INPUTS = {
     "StreamingT2VInitFromFrames": (["model", "frames", "width", "height", "resize"], []),
     "AnchorFrameAPM": (["model", "frames", "index"], []),
     "CAMExtendChunk": (["model", "stream", "prompt", "negative_prompt", "frames_to_add", "steps", "guidance", "eta",
-                        "seed", "per_line_prompts"], ["anchor", "memory"]),
+                        "seed", "per_line_prompts"], ["anchor", "memory", "continue_generator"]),
     "ChunkAssembler": (["stream", "fps"], []),
     "VideoQualityMetrics": (["images", "flow", "coeff", "working_size", "window_start", "window_step"],
                             ["prompt", "clip", "clip_vision", "seam_chunk_length", "seam_overlap", "seam_borders",
@@ -42,7 +42,8 @@ EXPECTED_OUTPUTS = {
 # Every node the pack registers (nodes/__init__.py); the refiner nodes' inputs: tests/comfy/test_nodes_refiner.py,
 # the context-window node's: tests/comfy/test_context_blend.py, StreamingSVD's: tests/unit/nodes/test_svd.py
 PACK_NODES = set(EXPECTED_INPUTS) | {"LoadStreamingT2VRefiner", "RandomizedBlendRefiner", "RandomizedBlendContextWindows",
-                                     "StreamingSVDSigmas"}
+                                     "StreamingSVDSigmas", "LoadStreamingSVDCAM", "StreamingSVDExtend",
+                                     "SaveStreamState", "LoadStreamState"}
 # frames of the mp4 each shipped workflow writes (chunk 0 whole + 8 per CAM chunk)
 EXPECTED_WORKFLOW_FRAMES = {
     "long_video": 16 + 64,
@@ -95,7 +96,10 @@ def test_api_workflow_runs_to_an_mp4(comfy, continue_input, tmp_path, name):
 # Workflows whose own test module runs them (other output size, slower stages).
 COVERED_ELSEWHERE = {"refine_video": "tests/comfy/test_nodes_refiner.py",
                      "refine_long_video_native": "tests/comfy/test_tiny_wan.py",
-                     "long_video_native_context": "tests/comfy/test_tiny_wan.py"}
+                     "long_video_native_context": "tests/comfy/test_tiny_wan.py",
+                     "svd_long_video": "tests/comfy/test_svd_workflows.py",
+                     "svd_continue_video": "tests/comfy/test_svd_workflows.py",
+                     "stream_step": "tests/comfy/test_resume.py"}
 
 
 @pytest.mark.compat

@@ -137,13 +137,13 @@ def test_guidance_and_carry_over_match_oracle():
 
 
 def test_cam_file_round_trip(svd_tiny_checkpoint, tmp_path):
-    """write_cam_file keeps only the 800 CAM / merger tensors (fp16, original names); reading it back gives the
-    same parts as the full file cast to fp16."""
-    from streamingt2v_core.svd.weights import CAM_FILE_FORMAT, expected_keys, write_cam_file
+    """write_cam_file keeps only the 800 CAM / merger tensors (fp16, original names) and the 108 tensors of the
+    conditioner's encoder (fp32); reading it back gives the same parts as the full file cast to fp16."""
+    from streamingt2v_core.svd.weights import CAM_FILE_FORMAT, concat_encoder_shapes, expected_keys, write_cam_file
 
     dst = write_cam_file(svd_tiny_checkpoint, tmp_path / "streamingsvd_cam.safetensors", dtype="fp16")
     with safe_open(str(dst), "pt") as f:
-        assert set(f.keys()) == expected_keys()
+        assert set(f.keys()) == expected_keys() | set(concat_encoder_shapes())
         meta = f.metadata()
     assert meta["format"] == "pt" and meta["streamingt2v"] == CAM_FILE_FORMAT and meta["dtype"] == "fp16"
     small = read_cam_and_mergers(dst)
@@ -152,3 +152,22 @@ def test_cam_file_round_trip(svd_tiny_checkpoint, tmp_path):
     assert small.mergers["mid"][key].dtype == torch.float16
     assert torch.equal(small.mergers["mid"][key], full.half())
     assert small.numel() == read_cam_and_mergers(svd_tiny_checkpoint, dtype="fp16").numel()
+    enc = "encoder.conv_in.weight"
+    assert small.concat_encoder[enc].dtype == torch.float32  # the official encodes the concat image in fp32
+    assert torch.equal(small.concat_encoder[enc], weights(svd_tiny_checkpoint, "conditioner.embedders.3.encoder.")[enc])
+
+
+def test_the_converter_cli_writes_a_cam_file_and_refuses_bad_input(svd_tiny_checkpoint, tmp_path, capsys):
+    from streamingt2v_core.svd.convert import main
+
+    dst = tmp_path / "cam.safetensors"
+    assert main([str(svd_tiny_checkpoint), str(dst), "--dtype", "bf16"]) == 0
+    assert read_cam_and_mergers(dst).mergers["mid"]["temporal_transformer.proj_in.weight"].dtype == torch.bfloat16
+    assert main([str(svd_tiny_checkpoint), str(dst)]) == 2 and "exists; pass --force" in capsys.readouterr().err
+    plain = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.x": torch.zeros(1), "conditioner.y": torch.zeros(1)}, str(plain))
+    assert main([str(plain), str(tmp_path / "out.safetensors")]) == 2
+    assert "plain SVD checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()

@@ -45,26 +45,9 @@ def ref():
 
 
 def load_svd(path):
-    """The SVD MODEL of a checkpoint, as comfy.sd.load_state_dict_guess_config builds it, with the model config
-    SVD_img2vid given instead of detected (no supported model matches the tiny UNet's widths)."""
-    import comfy.model_detection
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
-    import comfy.utils
+    from tests.support.comfy_test_nodes.tiny_svd import load_svd_model
 
-    sd = comfy.utils.load_torch_file(str(path))
-    prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
-    assert prefix == "model.diffusion_model."
-    config = comfy.supported_models.SVD_img2vid(comfy.model_detection.detect_unet_config(sd, prefix))
-    params = comfy.utils.calculate_parameters(sd, prefix)
-    load_device = mm.get_torch_device()
-    dtype = mm.unet_dtype(model_params=params, supported_dtypes=list(config.supported_inference_dtypes))
-    config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes))
-    model = config.get_model(sd, prefix, device=mm.unet_inital_load_device(params, dtype))
-    model.load_model_weights(sd, prefix)
-    del sd
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    return load_svd_model(path)
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,8 @@ def make_tiny_models(out_dir: Path) -> None:
 def tiny_models_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("models_tiny")
     make_tiny_models(d)
+    # registered with the server (empty): StreamingSVD tests link the 2 GB tiny checkpoint in when they run
+    (d / "checkpoints").mkdir(exist_ok=True)
     yield d
     shutil.rmtree(d, ignore_errors=True)  # hundreds of MB; pytest keeps its last temp dirs
 

@@ -109,5 +109,5 @@ def sparse_file(path, shapes: dict, dtype: str = "F16", dtypes: dict | None = No
     return path
 
 
-def tiny_shapes(prefixes=("controlnet.", "model.diffusion_model.")) -> dict:
+def tiny_shapes(prefixes=("controlnet.", "model.diffusion_model.", "conditioner.embedders.3.encoder.")) -> dict:
     return {k: tuple(s) for k, s, _ in read_manifest(MANIFEST) if k.startswith(prefixes)}

@@ -3,7 +3,10 @@
 TinyWanTextConditioning stands in for CLIPLoader + CLIPTextEncode with umT5-XXL, which cannot be made tiny
 (its config is fixed): a Wan 2.1 CONDITIONING of `tokens` text-embedding rows of width 4096 (the width
 every Wan 2.1 DiT's text_embedding takes), drawn from a seed derived from the text, so the same text gives
-the same conditioning and another text another one."""
+the same conditioning and another text another one.
+
+TinySVDCheckpointLoader stands in for core's ImageOnlyCheckpointLoader with the oracle's tiny StreamingSVD
+checkpoint, which core's loaders refuse at its widths (tiny_svd.py)."""
 import hashlib
 
 import torch
@@ -29,5 +32,9 @@ class TinyWanTextConditioning:
         return ([[cond, {}]],)
 
 
-NODE_CLASS_MAPPINGS = {"TinyWanTextConditioning": TinyWanTextConditioning}
-NODE_DISPLAY_NAME_MAPPINGS = {"TinyWanTextConditioning": "Tiny Wan text conditioning (test only)"}
+from .tiny_svd import TinySVDCheckpointLoader  # noqa: E402 (after the Wan node it sits beside)
+
+NODE_CLASS_MAPPINGS = {"TinyWanTextConditioning": TinyWanTextConditioning,
+                       "TinySVDCheckpointLoader": TinySVDCheckpointLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"TinyWanTextConditioning": "Tiny Wan text conditioning (test only)",
+                              "TinySVDCheckpointLoader": "Tiny SVD checkpoint loader (test only)"}

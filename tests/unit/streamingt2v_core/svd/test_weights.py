@@ -4,12 +4,10 @@ from safetensors.torch import save_file
 
 from streamingt2v_core.common.weights import CheckpointError
 from streamingt2v_core.svd import config
-from streamingt2v_core.svd.weights import (check_file, expected_keys, official_shapes, read_cam_and_mergers,
+from streamingt2v_core.svd.weights import (CONCAT_ENCODER_PREFIX, check_file, concat_encoder_shapes, expected_keys,
+                                           file_shapes, official_shapes, read_cam_and_mergers,
                                            write_safetensors_stream)
-
-
 from tests.support.svd_tiny import sparse_file, tiny_shapes
-
 
 
 def test_expected_keys_are_the_reference_manifests_cam_and_merger_rows():
@@ -26,15 +24,31 @@ def test_expected_keys_are_the_reference_manifests_cam_and_merger_rows():
     assert {k for k in tiny_shapes() if k.startswith("controlnet.") or "cross_attention_merger_" in k} == expected_keys()
 
 
+def test_the_concat_encoder_is_the_real_files_conditioner_encoder():
+    """108 keys: the conditioner's VAE encoder and quant_conv (not its decoder), 34.2 M values; the tiny
+    checkpoint has the same names."""
+    shapes = concat_encoder_shapes()
+    assert len(shapes) == 108 and all(k.startswith(CONCAT_ENCODER_PREFIX) for k in shapes)
+    assert not any(".decoder." in k or "post_quant" in k for k in shapes)
+    assert sum(torch.Size(s).numel() for s in shapes.values()) == 34_163_592 + 72
+    assert set(tiny_shapes((CONCAT_ENCODER_PREFIX + "encoder.", CONCAT_ENCODER_PREFIX + "quant_conv."))) == set(shapes)
+
+
 def test_real_layout_passes_the_header_check(tmp_path):
-    path = sparse_file(tmp_path / "model.safetensors", official_shapes())  # 1.48 GB, sparse: no disk
+    path = sparse_file(tmp_path / "model.safetensors", file_shapes())  # 1.55 GB, sparse: no disk
     shapes = check_file(path)
-    assert shapes == official_shapes()
+    assert shapes == file_shapes()
 
 
 def test_tiny_layout_with_base_passes(tmp_path):
     path = sparse_file(tmp_path / "model.safetensors", tiny_shapes())
-    assert len(check_file(path)) == 800
+    assert len(check_file(path)) == 800 + 108
+
+
+def test_a_cam_file_without_the_conditioner_encoder_is_refused(tmp_path):
+    path = sparse_file(tmp_path / "cam.safetensors", official_shapes())
+    with pytest.raises(CheckpointError, match=r"conditioner's VAE encoder.*missing: 108 of 108.*older converter"):
+        check_file(path)
 
 
 def test_plain_svd_checkpoint_is_named(tmp_path):
@@ -92,7 +106,7 @@ def test_mis_shaped_tensor_is_named(tmp_path, key, shape):
 
 
 def test_mis_shaped_cam_in_a_real_cam_only_file(tmp_path):
-    shapes = dict(official_shapes())
+    shapes = dict(file_shapes())
     shapes["controlnet.middle_block.1.proj_in.weight"] = (1280, 1024)
     with pytest.raises(CheckpointError, match="official layout") as err:
         check_file(sparse_file(tmp_path / "cam.safetensors", shapes))

@@ -1,0 +1,155 @@
+"""StreamingSVD in a real headless ComfyUI: the svd_long_video and svd_continue_video workflows on the oracle's
+tiny checkpoint, interrupt during a chunk, and bad input refused before any sampling.
+
+The tiny checkpoint (tests/support/svd_tiny.py, 2 GB, the official layout) is linked into the server's
+models/checkpoints as StreamingSVD/model.safetensors, the name the workflows use; core's
+ImageOnlyCheckpointLoader refuses its tiny widths, so the test-only TinySVDCheckpointLoader
+(tests/support/comfy_test_nodes/tiny_svd.py) stands in for it with the same outputs. Frames are 128x64 (the
+oracle's size), 2 steps per chunk and one chunk per run."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from tests.support.comfy_client import ComfyClient, messages, output_files, read_video_info, status_str
+from tests.support.graphs import WORKFLOWS, failed_before_work, fast, no_new_output, run_ok, the_mp4, \
+    write_input_video  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.svd_oracle]
+
+CKPT = "StreamingSVD/model.safetensors"
+WIDTH, HEIGHT = 128, 64
+EXAMPLE_IMAGE = "streamingsvd_example.png"
+CONTINUE_VIDEO = "streamingsvd_continue_example.mp4"
+CONTINUE_FRAMES = 10
+
+
+@pytest.fixture(scope="module")
+def svd_server(comfy_server, tiny_models_dir, svd_tiny_checkpoint):
+    from PIL import Image
+
+    link = tiny_models_dir / "checkpoints" / CKPT
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(svd_tiny_checkpoint)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)).save(comfy_server.input_dir / EXAMPLE_IMAGE)
+    write_input_video(comfy_server.input_dir / CONTINUE_VIDEO, CONTINUE_FRAMES, 160, 96)
+    return comfy_server
+
+
+def tiny(name: str, frames_to_add: int = 18, prefix: str | None = None, steps: int = 2) -> dict:
+    """A shipped SVD workflow on the tiny checkpoint at 128x64, `steps` per chunk."""
+    g = fast(json.loads((WORKFLOWS / f"{name}_api.json").read_text()), steps)
+    for node in g.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "ImageOnlyCheckpointLoader":
+            node["class_type"] = "TinySVDCheckpointLoader"
+        if node["class_type"] in ("SVD_img2vid_Conditioning", "ImageScale"):
+            inputs.update(width=WIDTH, height=HEIGHT)
+        if node["class_type"] == "StreamingSVDExtend":
+            inputs["frames_to_add"] = frames_to_add
+        if node["class_type"] == "SaveVideo":
+            inputs.update(format="mp4", codec="h264")
+            if prefix:
+                inputs["filename_prefix"] = prefix
+    return g
+
+
+def node_of(graph: dict, class_type: str) -> str:
+    (key,) = [k for k, v in graph.items() if v["class_type"] == class_type]
+    return key
+
+
+def test_svd_long_video_runs_to_an_mp4_of_25_plus_18_frames_per_chunk(svd_server, tmp_path):
+    client = ComfyClient(svd_server.url)
+    graph = tiny("svd_long_video", frames_to_add=20, prefix="video/svd_long")  # 20 -> 2 chunks of 18
+    entry = run_ok(client, graph)
+    info = read_video_info(the_mp4(client, entry, tmp_path))
+    assert (info.frames, info.width, info.height) == (25 + 2 * 18, WIDTH, HEIGHT)
+    assert abs(info.fps - 12.0) < 1e-6
+    text = entry["outputs"][node_of(graph, "StreamingSVDExtend")]["text"][0]
+    assert "frames_to_add 20 -> 2 chunk(s) x 18 new frames = 36 frames (rounded up to whole chunks)" in text
+    assert "SVD image: frame 6 of the 25 input frames" in text and "video: 25 -> 61 frames" in text
+
+
+def test_svd_continue_video_extends_a_loaded_video(svd_server, tmp_path):
+    client = ComfyClient(svd_server.url)
+    graph = tiny("svd_continue_video", prefix="video/svd_continued")
+    extend = node_of(graph, "StreamingSVDExtend")
+    graph["90"] = {"class_type": "SaveImage", "inputs": {"images": [extend, 1], "filename_prefix": "frames/svd_cont"}}
+    entry = run_ok(client, graph)
+    info = read_video_info(the_mp4(client, entry, tmp_path))
+    assert (info.frames, info.width, info.height) == (CONTINUE_FRAMES + 18, WIDTH, HEIGHT)
+    from PIL import Image
+
+    pngs = sorted(p for p in client.download_outputs(entry, tmp_path / "png") if p.suffix == ".png")
+    frames = np.stack([np.asarray(Image.open(p).convert("RGB")).astype(int) for p in pngs])
+    assert frames.shape == (CONTINUE_FRAMES + 18, HEIGHT, WIDTH, 3)
+    assert np.abs(frames[CONTINUE_FRAMES:] - frames[CONTINUE_FRAMES - 1]).mean() > 1  # new frames, not copies
+
+
+def test_interrupt_during_a_chunk_leaves_no_video_and_the_server_goes_on(svd_server, server_alive, tmp_path):
+    client = ComfyClient(svd_server.url)
+    graph = tiny("svd_long_video", frames_to_add=36, prefix="video/svd_interrupted")
+    graph[node_of(graph, "StreamingSVDSigmas")]["inputs"]["steps"] = 200
+    extend = node_of(graph, "StreamingSVDExtend")
+    with client.listen() as ws:
+        pid = client.post_prompt(graph)
+        ws.wait_for("progress", pid, timeout=600, predicate=lambda d: d.get("node") == extend)
+        client.interrupt()
+        ws.wait_for("execution_interrupted", pid, timeout=300)
+        entry = client.wait(pid, timeout=300)
+    assert status_str(entry) == "error" and messages(entry, "execution_interrupted")
+    assert not output_files(entry)
+    assert not list((svd_server.output_dir / "video").glob("svd_interrupted*"))
+
+
+def continue_graph(**scale) -> dict:
+    graph = tiny("svd_continue_video", prefix="video/svd_bad")
+    graph[node_of(graph, "ImageScale")]["inputs"].update(scale)
+    return graph
+
+
+@pytest.mark.parametrize("case,words", [
+    ("too few frames", ("frames:", "5 frame(s) given, at least 7")),
+    ("size", ("frames:", "100x64", "multiples of 64")),
+])
+def test_bad_frames_fail_before_any_model_loads(svd_server, no_new_output, case, words):
+    client = ComfyClient(svd_server.url)
+    graph = continue_graph(width=100) if case == "size" else continue_graph()
+    if case == "too few frames":
+        trim = {"class_type": "ImageFromBatch", "inputs": {"image": [node_of(graph, "ImageScale"), 0],
+                                                           "batch_index": 0, "length": 5}}
+        graph["80"] = trim
+        graph[node_of(graph, "StreamingSVDExtend")]["inputs"]["frames"] = ["80", 0]
+    loaders = (node_of(graph, "TinySVDCheckpointLoader"), node_of(graph, "LoadStreamingSVDCAM"))
+    failed_before_work(client, graph, "StreamingSVDExtend", *words, not_run=loaders)
+
+
+def test_a_model_that_is_not_svd_is_named(svd_server, no_new_output):
+    client = ComfyClient(svd_server.url)
+    graph = continue_graph()
+    graph["81"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_wan21_t2v.safetensors",
+                                                          "weight_dtype": "default"}}
+    graph[node_of(graph, "StreamingSVDExtend")]["inputs"]["model"] = ["81", 0]
+    failed_before_work(client, graph, "StreamingSVDExtend", "model: this MODEL is WAN21", "SVD_img2vid",
+                       "Image Only Checkpoint Loader")
+
+
+def test_a_plain_svd_checkpoint_is_refused_by_the_cam_loader(svd_server, tiny_models_dir, no_new_output):
+    from tests.support.svd_tiny import sparse_file, tiny_shapes
+
+    plain = {k: s for k, s in tiny_shapes().items() if not k.startswith("controlnet.") and "merger" not in k}
+    sparse_file(tiny_models_dir / "checkpoints" / "svd_xt_plain.safetensors", plain)
+    client = ComfyClient(svd_server.url)
+    graph = copy.deepcopy(continue_graph())
+    graph[node_of(graph, "LoadStreamingSVDCAM")]["inputs"]["cam_name"] = "svd_xt_plain.safetensors"
+    entry = client.run(graph, timeout=300)
+    assert status_str(entry) == "error"
+    err = messages(entry, "execution_error")[0][1]
+    assert err["node_type"] == "LoadStreamingSVDCAM"
+    assert "plain SVD checkpoint: it has no CAM" in err["exception_message"]
