@@ -97,6 +97,9 @@ class RandomizedBlendRefiner(io.ComfyNode):
         if problem:
             raise ValueError(problem)
         enhancer = refiner.module
+        if enhancer.family == I2VGEN_FAMILY:
+            raise ValueError(f"refiner: {refiner.name} is an I2VGen-XL folder, which this node cannot run (its "
+                             "strength, prompts and blending mean other things): connect it to I2VGenXLEnhancer")
         check_frame_size(int(images.shape[1]), int(images.shape[2]), enhancer.canvas)  # before any heavy work
 
         settings = {"frames": int(images.shape[0]), "chunk": int(chunk), "dtype": dtype_name(enhancer.dtype)}
@@ -121,4 +124,134 @@ class RandomizedBlendRefiner(io.ComfyNode):
         return io.NodeOutput(out.to(mm.intermediate_device()))
 
 
-ENHANCE_NODES = [RandomizedBlendRefiner]
+I2VGEN_FAMILY = "i2vgen-xl"
+# the low-vram plan offloads the CLIP encoders between their uses; the VAE stays (one frame per call)
+I2VGEN_OFFLOAD = ("text_encoder", "image_encoder")
+
+
+class I2VGenXLEnhancer(io.ComfyNode):
+    """StreamingSVD's enhancement: a sibling of RandomizedBlendRefiner sharing its core (chunk layout, cuts,
+    VAE slices, memory plan), because its settings mean other things (strength as a share of the steps, fixed
+    prompts, no rescale, keyframe images, blending on x_{t-1})."""
+
+    @classmethod
+    def define_schema(cls):
+        from ..streamingt2v_core.enhancers.i2vgen import model as official
+
+        return io.Schema(
+            node_id="I2VGenXLEnhancer",
+            display_name="I2VGen-XL Enhancer (randomized blending)",
+            category="StreamingT2V/refine",
+            description="StreamingSVD's enhancement with I2VGen-XL (LoadStreamingT2VRefiner on an ali-vilab/i2vgen-xl "
+                        "folder): the video is stretched to 1280x720, encoded and noised to strength of the steps, "
+                        "then denoised in overlapping chunks, each conditioned on its own keyframe (its first frame, "
+                        "enhanced first); after every step a random cut in each overlap picks which chunk's latent "
+                        "each frame keeps. No frame is dropped; the seed reproduces the result.",
+            inputs=[
+                RefinerModel.Input("refiner", tooltip="An I2VGen-XL folder loaded by LoadStreamingT2VRefiner."),
+                io.Image.Input("images", tooltip="The video: frames in the batch dimension."),
+                io.String.Input("prompt", multiline=True, default=official.OFFICIAL_PROMPT,
+                                tooltip="Official: 'High Quality, HQ, detailed.' (the same for every video)."),
+                io.String.Input("negative_prompt", multiline=True, default=official.OFFICIAL_NEGATIVE_PROMPT,
+                                tooltip="Official: this fixed list."),
+                io.Float.Input("strength", default=official.OFFICIAL_STRENGTH, min=0.01, max=1.0, step=0.01,
+                               tooltip="Share of the steps SDEdit runs (official 0.97 of 30: from step index 1)."),
+                io.Int.Input("steps", default=official.OFFICIAL_STEPS, min=1, max=1000,
+                             tooltip="Scheduler steps before strength (official 30)."),
+                io.Float.Input("guidance", default=official.OFFICIAL_GUIDANCE, min=0.0, max=50.0, step=0.1,
+                               tooltip="Classifier-free guidance (official 9.0; 1 or less: none)."),
+                io.Int.Input("fps", default=official.OFFICIAL_FPS, min=1, max=240,
+                             tooltip="The frame-rate micro-condition (official 38, the pipeline's default)."),
+                io.Int.Input("chunk", default=official.OFFICIAL_CHUNK, min=2, max=MAX_CHUNK,
+                             tooltip="Frames per chunk (official 38)."),
+                io.Int.Input("overlap", default=official.OFFICIAL_OVERLAP, min=1, max=1023,
+                             tooltip="Frames shared by neighbouring chunks, where the random cut falls (official 12)."),
+                io.Boolean.Input("randomized_blending", default=True,
+                                 tooltip="On: chunks with keyframes and random cuts (official "
+                                         "--use_randomized_blending). Off: one chunk of every frame, conditioned on "
+                                         "the anchor (the official default; needs memory for the whole video)."),
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                             tooltip="Seeds the VAE posteriors, the SDEdit noise and the cuts."),
+                io.Int.Input("width", default=official.OFFICIAL_CANVAS[1], min=16, max=4096, step=8,
+                             tooltip="Output width; frames are stretched to width x height (official 1280)."),
+                io.Int.Input("height", default=official.OFFICIAL_CANVAS[0], min=16, max=4096, step=8,
+                             tooltip="Output height (official 720)."),
+                io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto", optional=True,
+                               tooltip="auto: low vram when the fast plan does not fit. low vram: one guidance "
+                                       "row per call, feed-forwards in token chunks, the CLIP encoders visit the "
+                                       "device only when used (about 8 GB at 1280x720 instead of 26 GB)."),
+                io.Image.Input("anchor", optional=True,
+                               tooltip="The image the keyframes are conditioned on (official: StreamingSVD's "
+                                       "input image); default: the first frame."),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @staticmethod
+    def input_problem(strength, steps, chunk, overlap, memory, width=1280, height=720) -> str | None:
+        from ..streamingt2v_core.enhancers.i2vgen.enhance import sdedit_begin
+
+        errors = chunking_problems(int(chunk), int(overlap))
+        for name, v in (("width", width), ("height", height)):
+            if int(v) < 16 or int(v) % 8:
+                errors.append(f"{name}: {v}; must be a multiple of 8 (the autoencoder's factor), at least 16 "
+                              "(official 1280x720)")
+        if not 1 <= int(steps) <= 1000:
+            errors.append(f"steps: {steps}; allowed 1..1000 (official 30)")
+        elif not 0 < float(strength) <= 1 or sdedit_begin(int(steps), float(strength)) >= int(steps):
+            errors.append(f"strength: {strength} of {steps} steps runs no step; allowed up to 1 with "
+                          "strength x steps >= 1 (official 0.97 of 30)")
+        if memory_mode_problem(memory):
+            errors.append(memory_mode_problem(memory))
+        return "; ".join(errors) if errors else None
+
+    @classmethod
+    def validate_inputs(cls, strength=0.97, steps=30, chunk=38, overlap=12, width=1280, height=720, memory="auto"):
+        return cls.input_problem(strength, steps, chunk, overlap, memory, width, height) or True
+
+    @classmethod
+    def execute(cls, refiner, images, prompt, negative_prompt, strength, steps, guidance, fps, chunk, overlap,
+                randomized_blending, seed, width, height, memory="auto", anchor=None) -> io.NodeOutput:
+        from ..comfy_bridge.memory import REFINE_MARGIN
+        from ..streamingt2v_core.blending.sdedit import preview
+        from ..streamingt2v_core.enhancers.i2vgen.enhance import enhance_video, sdedit_begin
+        from ..streamingt2v_core.enhancers.i2vgen.model import chunk_activation_bytes
+
+        problem = cls.input_problem(strength, steps, chunk, overlap, memory, width, height)
+        if problem:
+            raise ValueError(problem)
+        enhancer = refiner.module
+        if enhancer.family != I2VGEN_FAMILY:
+            raise ValueError(f"refiner: {refiner.name} is a {enhancer.family} refiner; this node runs I2VGen-XL "
+                             "(an ali-vilab/i2vgen-xl folder in models/streamingt2v_refiner): connect it to "
+                             "RandomizedBlendRefiner instead")
+        frames = int(images.shape[0])
+        clen = frames if not randomized_blending else min(int(chunk), frames)
+        settings = {"frames": frames, "chunk": clen, "dtype": dtype_name(enhancer.dtype)}
+        if memory != "low vram":
+            settings["memory"] = memory
+        total = int(steps) - sdedit_begin(int(steps), float(strength))  # the main pass's steps
+        with heavy_run("I2VGenXLEnhancer", settings, total) as run:
+            # the meta-device count takes a while at 720p: only "auto" needs it to decide
+            need = 0
+            if memory == "auto":
+                rows = 2 if guidance > 1 else 1
+                canvas = (int(height), int(width))
+                need = int(REFINE_MARGIN * chunk_activation_bytes(enhancer, clen, rows, canvas=canvas))
+            rf = refiner.on_device(memory_required=need)
+            plan, free = plan_on(rf.device, memory, need, parts=present_parts(rf, I2VGEN_OFFLOAD))
+            log.info("StreamingT2V: I2VGen-XL memory plan: %s (%.2f GiB free)", plan.describe(), free / 2 ** 30)
+            with applied_on(plan, rf, rf.device):
+                anchor_image = None if anchor is None else anchor[:1, ..., :3].float()
+                out = enhance_video(rf, images[..., :3].float(), anchor_image, prompt, negative_prompt,
+                                    steps=int(steps), strength=float(strength), guidance=float(guidance),
+                                    fps=int(fps), chunk=int(chunk), overlap=int(overlap),
+                                    blending=bool(randomized_blending), seed=int(seed),
+                                    canvas=(int(height), int(width)),
+                                    callback=lambda i, _n, x: run.step(i + 1, preview(rf, x)),
+                                    rows_together=plan.rows_together)
+        log.info("StreamingT2V: enhanced %d frames -> %dx%d", out.shape[0], out.shape[2], out.shape[1])
+        return io.NodeOutput(out.to(mm.intermediate_device()))
+
+
+ENHANCE_NODES = [RandomizedBlendRefiner, I2VGenXLEnhancer]
