@@ -6,7 +6,8 @@ Starts ComfyUI headless with the pack and tiny models (tools/make_tiny_models.py
 headless Chromium, loads each NAME_api.json with `app.loadApiJson`, lays the graph out, and saves
 `app.graph.serialize()` as NAME.json. It then checks that `app.graphToPrompt()` of the result equals the
 API file (tests/support/workflow_compare.py: up to inputs the server ignores or fills in at its defaults), so
-the pair stays in step whenever a node's inputs change. Run it on the oldest ComfyUI leg whose nodes declare
+the pair stays in step whenever a node's inputs change. Nodes of ecosystem packs (tests/data/external_nodes) come
+from stand-ins with the recorded inputs (tests/support/external_standins). Run it on the oldest ComfyUI leg whose nodes declare
 every input of the API file (for core nodes that gained inputs in 0.33: the 0.33 leg, e.g.
 `COMFYUI_PATH=$PWD/.comfyui-0.33 .venv-comfy033/bin/python tools/workflow_ui_from_api.py ...`).
 """
@@ -56,7 +57,10 @@ def convert(api_paths: list[Path]) -> None:
         subprocess.run([sys.executable, str(REPO / "tools" / "make_tiny_models.py"), str(tmp / "models")], check=True)
         yaml_path = tmp / "extra_model_paths.yaml"
         write_extra_model_paths(yaml_path, tmp / "models")
-        with ComfyServer(tmp / "base", extra_model_paths=yaml_path) as server, sync_playwright() as p:
+        # ecosystem nodes a workflow uses (recorded in tests/data/external_nodes) are laid out from stand-ins
+        standins = {"streamingt2v_external_standins": REPO / "tests" / "support" / "external_standins"}
+        with ComfyServer(tmp / "base", extra_model_paths=yaml_path, extra_packs=standins) as server, \
+                sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             client = ComfyClient(server.url)

@@ -153,3 +153,38 @@ def test_a_plain_svd_checkpoint_is_refused_by_the_cam_loader(svd_server, tiny_mo
     err = messages(entry, "execution_error")[0][1]
     assert err["node_type"] == "LoadStreamingSVDCAM"
     assert "plain SVD checkpoint: it has no CAM" in err["exception_message"]
+
+
+@pytest.fixture(scope="module")
+def i2vgen_folder(tiny_models_dir):
+    import shutil
+
+    from tests.support import i2vgen_tiny
+
+    folder = i2vgen_tiny.write_folder(tiny_models_dir / "streamingt2v_refiner" / "tiny_i2vgen_xl")
+    yield folder.name
+    shutil.rmtree(folder, ignore_errors=True)  # the refiner tests expect their one tiny refiner
+
+
+@pytest.mark.i2vgen
+def test_svd_long_video_full_streams_and_enhances_without_the_interpolation_pack(svd_server, i2vgen_folder,
+                                                                              tmp_path):
+    """svd_long_video_full up to the enhancer (the interpolation nodes come from ComfyUI-Tween, which the test
+    server has not: tests/browser checks that exactly they are missing there); Create Video takes the
+    enhanced frames instead of the interpolated ones. Every frame is kept: 25 + 18 = 43, which is not of the
+    official (38 - 12)(n - 1) + 38 form."""
+    from tests.support.external_standins import records
+
+    graph = tiny("svd_long_video_full", prefix="video/svd_full")
+    external = {k for k, v in graph.items() if v["class_type"] in records()}
+    assert {graph[k]["class_type"] for k in external} == {"LoadEMAVFIModel", "EMAVFIInterpolate"}
+    enhancer = node_of(graph, "I2VGenXLEnhancer")
+    for key in external:
+        del graph[key]
+    graph[node_of(graph, "CreateVideo")]["inputs"]["images"] = [enhancer, 0]
+    graph[node_of(graph, "LoadStreamingT2VRefiner")]["inputs"].update(refiner_name=i2vgen_folder, dtype="fp32")
+    graph[enhancer]["inputs"].update(width=32, height=16)
+    entry = run_ok(ComfyClient(svd_server.url), graph)
+    info = read_video_info(the_mp4(ComfyClient(svd_server.url), entry, tmp_path))
+    assert (info.frames, info.width, info.height) == (25 + 18, 32, 16)
+    assert abs(info.fps - 24.0) < 1e-6

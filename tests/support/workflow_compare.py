@@ -90,3 +90,17 @@ def assert_same_prompt(got: dict, want: dict, name: str, object_info=None) -> No
             f"{name}: node {nid} ({want[nid]['class_type']}) inputs differ:\n"
             f"  UI -> graphToPrompt: {json.dumps(got[nid]['inputs'], sort_keys=True)}\n"
             f"  API twin:            {json.dumps(want[nid]['inputs'], sort_keys=True)}")
+
+
+def without_nodes(prompt: dict, node_ids) -> dict:
+    """`prompt` (normalized) without the nodes `node_ids` and without the inputs linked to them: what the rest
+    of a graph is when those nodes are missing from the server (an ecosystem pack not installed)."""
+    gone = {str(n) for n in node_ids}
+    out = {}
+    for key, node in normalized(prompt).items():
+        if key in gone:
+            continue
+        inputs = {k: v for k, v in node["inputs"].items()
+                  if not (isinstance(v, list) and len(v) == 2 and str(v[0]) in gone)}
+        out[key] = {"class_type": node["class_type"], "inputs": inputs}
+    return out
