@@ -18,7 +18,7 @@ from tests.support.comfy_client import ComfyClient, messages, output_files, read
 from tests.support.graphs import WORKFLOWS, failed_before_work, fast, no_new_output, run_ok, the_mp4, \
     write_input_video  # noqa: F401 (fixture)
 
-pytestmark = [pytest.mark.svd_oracle]
+# real-server tests (marker comfy, by folder), not oracle ones: `-m svd_oracle` stays under its 6-minute budget
 
 CKPT = "StreamingSVD/model.safetensors"
 WIDTH, HEIGHT = 128, 64
