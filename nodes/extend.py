@@ -11,8 +11,8 @@ from ..comfy_bridge.run import heavy_run
 from ..streamingt2v_core.common.dtypes import dtype_name
 from ..streamingt2v_core.common.memory import FEED_FORWARD_CHUNK, MEMORY_MODES, memory_mode_problem
 from ..streamingt2v_core.t2v.extend import chunk_prompts, split_prompts
-from .types import (OFFICIAL_CONFIG, SEED_MAX, APMAnchor, Anchor, Stream, StreamingT2VModel, StreamState,
-                    frames_to_image, image_to_frames)
+from .types import (OFFICIAL_CONFIG, SEED_MAX, APMAnchor, Anchor, Sampling, Stream, StreamingT2VModel,
+                    StreamState, frames_to_image, image_to_frames)
 
 log = logging.getLogger("StreamingT2V")
 
@@ -116,6 +116,11 @@ class CAMExtendChunk(io.ComfyNode):
                                         "else its frame 0."),
                 io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto", optional=True,
                                tooltip=MEMORY_TOOLTIP),
+                io.Boolean.Input("continue_generator", default=False, optional=True,
+                                 tooltip="on: draw on from the generator where the stream's last CAM chunk left "
+                                         "it (a loaded state or an earlier CAMExtendChunk), so a run split into "
+                                         "steps equals one long run; the seed is used only when the stream has "
+                                         "no generator yet. off: a new generator from seed."),
             ],
             outputs=[Stream.Output("extended_stream", display_name="stream"),
                      io.String.Output("info", display_name="info")],
@@ -148,9 +153,12 @@ class CAMExtendChunk(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, stream: StreamState, prompt, negative_prompt, frames_to_add, steps, guidance, eta,
-                seed, per_line_prompts, anchor: Anchor | None = None, memory="auto") -> io.NodeOutput:
+                seed, per_line_prompts, anchor: Anchor | None = None, memory="auto",
+                continue_generator=False) -> io.NodeOutput:
         from ..streamingt2v_core.t2v.extend import chunks_for_frames, extend_video, stream_problem
+        from ..streamingt2v_core.stream_state import make_generator
         from ..streamingt2v_core.t2v.memory import OFFLOAD_PARTS, chunk_need_bytes
+        from .state import model_identity_of
 
         # Cheap checks first: nothing heavy runs (and no model loads) on bad input.
         problem = cls.input_problem(frames_to_add, prompt, per_line_prompts, memory)
@@ -175,6 +183,15 @@ class CAMExtendChunk(io.ComfyNode):
                          + ("the last line carries on" if len(prompts) < num_chunks
                             else f"lines after {num_chunks} are not used"))
 
+        carried = stream.sampling if continue_generator else None
+        if carried is not None:
+            notes += continuation_notes(carried, negative_prompt, steps, guidance, eta)
+            notes.append(f"generator: continued from the stream (seed {carried.seed}, {len(stream.prompts)} chunks "
+                         "so far)")
+        else:
+            notes.append(f"generator: seeded with {seed}")
+        generator = make_generator(seed, None if carried is None else carried.generator_state)
+        identity = model_identity_of(model)
         settings = {"dtype": dtype_name(model.module.dtype), "size": f"{stream.width}x{stream.height}",
                     "frames_to_add": frames_to_add}
         if memory != "low vram":
@@ -196,12 +213,23 @@ class CAMExtendChunk(io.ComfyNode):
                 if anchor is None:
                     anchor = stream.anchor or encode_anchor(st, stream.frame(0), "frame 0 of the stream")
                 extend_video(st, stream.tail(cfg.cond_frames), num_chunks, per_chunk, negative_prompt,
-                             anchor_tokens=anchor.tokens, steps=steps, guidance=guidance, eta=eta, seed=seed,
-                             on_step=lambda done, _total: run.step(done), on_chunk=on_chunk)
+                             anchor_tokens=anchor.tokens, steps=steps, guidance=guidance, eta=eta,
+                             generator=generator, on_step=lambda done, _total: run.step(done), on_chunk=on_chunk)
         notes.append(f"stream: {stream.num_frames} -> {stream.num_frames + added} frames; anchor: {anchor.source}")
         info = "\n".join(notes)
         log.info("StreamingT2V: %s", info.replace("\n", "; "))
-        return io.NodeOutput(stream.extended(new_chunks, per_chunk, anchor), info, ui=ui.PreviewText(info))
+        sampling = Sampling(seed=seed if carried is None else carried.seed, generator_state=generator.get_state(),
+                            negative_prompt=negative_prompt, steps=steps, guidance=float(guidance), eta=float(eta),
+                            cond_frames=cfg.cond_frames, model=identity)
+        return io.NodeOutput(stream.extended(new_chunks, per_chunk, anchor, sampling), info,
+                             ui=ui.PreviewText(info))
+
+
+def continuation_notes(carried: Sampling, negative_prompt, steps, guidance, eta) -> list:
+    """Settings that differ from the chunks before: the frames then differ from one uninterrupted run."""
+    now = {"negative_prompt": negative_prompt, "steps": steps, "guidance": float(guidance), "eta": float(eta)}
+    return [f"{k}: {v!r} here, {getattr(carried, k)!r} for the chunks before (the frames will differ from one "
+            "uninterrupted run)" for k, v in now.items() if getattr(carried, k) != v]
 
 
 EXTEND_NODES = [AnchorFrameAPM, CAMExtendChunk]

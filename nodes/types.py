@@ -35,6 +35,21 @@ class Anchor:
 
 
 @dataclass(frozen=True, eq=False)
+class Sampling:
+    """What continuing a stream bit for bit needs besides its frames and anchor: the settings of its CAM
+    chunks, the generator state after the last one, and the weights that drew them. CAMExtendChunk sets
+    it; a saved state carries it (streamingt2v_core.stream_state)."""
+    seed: int  # the seed the generator was first seeded with
+    generator_state: torch.Tensor  # torch.Generator.get_state() after the last chunk (uint8, CPU)
+    negative_prompt: str
+    steps: int
+    guidance: float
+    eta: float
+    cond_frames: int  # how many frames the model's CAM reads
+    model: object  # streamingt2v_core.stream_state.ModelIdentity of the weights and dtype
+
+
+@dataclass(frozen=True, eq=False)
 class StreamState:
     """A video being streamed, kept as the official code joins it: chunk 0 whole, then the new frames of
     every later chunk. Each entry is an IMAGE tensor [n, H, W, 3], float32 in [0, 1], on the CPU. Extending
@@ -42,10 +57,17 @@ class StreamState:
     chunks: tuple
     prompts: tuple = ()  # the prompt of each chunk ("" for frames that came from elsewhere)
     anchor: Anchor | None = None  # the anchor the stream was extended with so far (None: frame 0)
+    sampling: Sampling | None = None  # how the last CAM chunk was drawn, and the generator after it
+    # A stream loaded from a state file without its frames holds only the CAM's conditioning frames: the
+    # frames before chunks[0] that this value does not hold.
+    frames_before: int = 0
+    # Index of the first frame no segment holds yet: SaveStreamState hands on the frames from here as
+    # new_frames (a loaded stream: the frames it had when saved).
+    new_from: int = 0
 
     @property
     def num_frames(self) -> int:
-        return sum(int(c.shape[0]) for c in self.chunks)
+        return self.frames_before + sum(int(c.shape[0]) for c in self.chunks)
 
     @property
     def height(self) -> int:
@@ -58,7 +80,7 @@ class StreamState:
     @property
     def boundaries(self) -> list:
         """Index of the first frame of every chunk."""
-        out, n = [], 0
+        out, n = [], self.frames_before
         for c in self.chunks:
             out.append(n)
             n += int(c.shape[0])
@@ -78,19 +100,27 @@ class StreamState:
             if left == 0:
                 break
         if left:
-            raise ValueError(f"the stream has {self.num_frames} frames, {n} are needed")
+            raise ValueError(f"the stream holds {self.num_frames - self.frames_before} frames, {n} are needed")
         return torch.cat(parts[::-1]).permute(0, 3, 1, 2)
 
     def frame(self, index: int) -> torch.Tensor:
-        """One frame as IMAGE [1, H, W, 3]."""
+        """One frame as IMAGE [1, H, W, 3] (index over the whole video; only frames this value holds)."""
+        if index < self.frames_before:
+            raise IndexError(f"frame {index} is not held: the stream was loaded without its first "
+                             f"{self.frames_before} frames")
         for start, c in zip(self.boundaries, self.chunks):
             if index < start + c.shape[0]:
                 return c[index - start:index - start + 1]
         raise IndexError(index)
 
-    def extended(self, new_chunks, prompts, anchor: Anchor | None) -> "StreamState":
+    def extended(self, new_chunks, prompts, anchor: Anchor | None, sampling: Sampling | None = None) -> "StreamState":
         return StreamState(chunks=self.chunks + tuple(new_chunks), prompts=self.prompts + tuple(prompts),
-                           anchor=anchor)
+                           anchor=anchor, sampling=sampling or self.sampling, frames_before=self.frames_before,
+                           new_from=self.new_from)
+
+    def new_frames(self) -> torch.Tensor:
+        """The frames from `new_from` on, IMAGE [n, H, W, 3]: what no earlier segment holds."""
+        return self.frames()[self.new_from - self.frames_before:]
 
 
 def image_to_frames(image: torch.Tensor) -> torch.Tensor:

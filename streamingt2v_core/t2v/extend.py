@@ -147,7 +147,11 @@ def generate_chunk(model, prev_frames: torch.Tensor, cond: StreamConditioning, s
     scheduler = scheduler or make_scheduler(model)
     timesteps = scheduler.timesteps(steps)  # refuses a wrong step count before any work
     device, dtype = model.device, model.dtype
-    cond_frames = (prev_frames[-n_cond:] * 2 - 1)[None].to(device, dtype)
+    # One memory layout for the CAM's input whatever the caller's (channels-last, as the VAE decodes frames):
+    # the convolutions round differently per layout, and a stream continued from a saved state must match
+    # the uninterrupted run bit for bit.
+    prev = prev_frames[-n_cond:].contiguous(memory_format=torch.channels_last)
+    cond_frames = (prev * 2 - 1)[None].to(device, dtype)
     # the CAM's frame encoder sees the same frames at every step and in both rows: once per chunk
     cond_embedding = model.encode_cond_frames(cond_frames)
     guided = guidance != 1.0

@@ -43,7 +43,7 @@ EXPECTED_OUTPUTS = {
 # the context-window node's: tests/comfy/test_context_blend.py, StreamingSVD's: tests/unit/nodes/test_svd.py
 PACK_NODES = set(EXPECTED_INPUTS) | {"LoadStreamingT2VRefiner", "RandomizedBlendRefiner", "RandomizedBlendContextWindows",
                                      "StreamingSVDSigmas", "LoadStreamingSVDCAM", "StreamingSVDExtend",
-                                     "SaveStreamState", "LoadStreamState"}
+                                     "SaveStreamState", "LoadStreamState", "I2VGenXLEnhancer"}
 # frames of the mp4 each shipped workflow writes (chunk 0 whole + 8 per CAM chunk)
 EXPECTED_WORKFLOW_FRAMES = {
     "long_video": 16 + 64,
@@ -99,6 +99,7 @@ COVERED_ELSEWHERE = {"refine_video": "tests/comfy/test_nodes_refiner.py",
                      "long_video_native_context": "tests/comfy/test_tiny_wan.py",
                      "svd_long_video": "tests/comfy/test_svd_workflows.py",
                      "svd_continue_video": "tests/comfy/test_svd_workflows.py",
+                     "svd_long_video_full": "tests/comfy/test_svd_workflows.py",
                      "stream_step": "tests/comfy/test_resume.py"}
 
 

@@ -1,0 +1,429 @@
+"""Drive a long StreamingT2V video through one or more ComfyUI servers, one step (N chunks) per prompt.
+
+    python tools/stream_client.py --server http://127.0.0.1:8188 [--server URL ...] \\
+        --prompt "A cat running on the street" [--prompt "…next chunks…"] --chunks 149 --out video.mp4
+
+Each step is workflows/stream_step_api.json (Load Stream State -> CAM Extend -> Save Stream State, the new
+frames saved as PNGs) queued with stock `POST /prompt`; step 0 starts the stream from text (or from
+--init-state). The client keeps the last good state and every finished segment in --work: when a server
+dies or answers with an error, the step runs again on another server from that state (uploaded to its
+input folder), and the frames equal one uninterrupted run. A run stopped by Ctrl-C (or a crash of the
+client) continues from --work when started again with the same arguments. At the end the segments are
+encoded into one mp4 with PyAV, one frame in memory at a time.
+
+Standard library plus websocket-client and PyAV (both ComfyUI requirements). Nothing here runs as a
+service: any queue or serverless worker that forwards `POST /prompt` can be a --server.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+STEP_WORKFLOW = REPO / "workflows" / "stream_step_api.json"
+FINISHED = ("execution_success", "execution_error", "execution_interrupted")
+X264 = {"crf": "18", "x264-params": "mbtree=0:rc-lookahead=0"}
+NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, socket.timeout, OSError)
+
+
+class ServerDied(Exception):
+    """The server stopped answering (crashed, killed, pre-empted)."""
+
+
+class StepFailed(Exception):
+    """The server answered, but the step did not finish (an error in the graph or the node)."""
+
+
+@dataclass
+class Job:
+    prompts: list  # the prompt of each chunk: i for chunk i, the last carries on
+    chunks: int  # CAM chunks after the first chunk
+    negative_prompt: str = ""
+    chunks_per_step: int = 1
+    seed: int = 33
+    steps: int = 50
+    guidance: float = 7.5
+    eta: float = 1.0
+    model: str = "streaming_t2v.safetensors"
+    dtype: str = "auto"
+    memory: str = "auto"
+    new_frames_per_chunk: int = 8  # the model's (8 for the official one)
+    t2v_unet: str = "text-to-video-ms-1.7b/unet/diffusion_pytorch_model.safetensors"
+    init_steps: int = 50
+    init_guidance: float = 9.0
+    init_state: Optional[str] = None  # start from this state file instead of text (step 0 then is a CAM step)
+    fps: float = 8.0
+    step_timeout: float = 3600.0
+
+    def problems(self) -> list:
+        out = []
+        if not self.prompts:
+            out.append("--prompt: give at least one prompt")
+        for p in self.prompts:
+            if not p.strip() or "\n" in p:
+                out.append(f"--prompt: {p!r}: each prompt is one non-empty line (one prompt per chunk)")
+        if self.chunks < 1 or self.chunks_per_step < 1:
+            out.append("--chunks and --chunks-per-step must be at least 1")
+        return out
+
+    def chunk_prompt(self, i: int) -> str:
+        return self.prompts[min(i, len(self.prompts) - 1)]
+
+    def num_steps(self) -> int:
+        return -(-self.chunks // self.chunks_per_step)
+
+    def step_chunks(self, k: int) -> range:
+        return range(k * self.chunks_per_step, min((k + 1) * self.chunks_per_step, self.chunks))
+
+
+class Server:
+    """One ComfyUI over HTTP (urllib) and its websocket (websocket-client)."""
+
+    def __init__(self, url: str, client_id: str):
+        self.url = url.rstrip("/")
+        self.client_id = client_id
+        self.alive = True
+
+    def _open(self, req, timeout: float):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except NETWORK_ERRORS as e:
+            raise ServerDied(f"{self.url}: {e}") from None
+
+    def get(self, path: str, timeout: float = 30.0) -> bytes:
+        status, raw = self._open(urllib.request.Request(self.url + path), timeout)
+        if status != 200:
+            raise StepFailed(f"{self.url}: GET {path}: HTTP {status}: {raw[:500]!r}")
+        return raw
+
+    def post_json(self, path: str, data: dict, timeout: float = 60.0) -> tuple:
+        req = urllib.request.Request(self.url + path, data=json.dumps(data).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        status, raw = self._open(req, timeout)
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, {"raw": raw.decode(errors="replace")}
+
+    def is_free(self) -> bool:
+        q = json.loads(self.get("/queue", timeout=5))
+        return not q.get("queue_running") and not q.get("queue_pending")
+
+    def upload_input(self, data: bytes, filename: str, subfolder: str) -> str:
+        """Puts a file in the server's input folder (ComfyUI's /upload/image takes any file); its input name."""
+        boundary = uuid.uuid4().hex
+        parts = []
+        for name, value in (("type", "input"), ("subfolder", subfolder), ("overwrite", "true")):
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+                     f'Content-Type: application/octet-stream\r\n\r\n'.encode() + data + b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        req = urllib.request.Request(self.url + "/upload/image", data=b"".join(parts), method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        status, raw = self._open(req, 120)
+        if status != 200:
+            raise StepFailed(f"{self.url}: upload of {filename}: HTTP {status}: {raw[:300]!r}")
+        answer = json.loads(raw)
+        return "/".join(p for p in (answer.get("subfolder"), answer["name"]) if p)
+
+    def view(self, f: dict) -> bytes:
+        q = urllib.parse.urlencode({"filename": f["filename"], "subfolder": f.get("subfolder", ""),
+                                    "type": f.get("type", "output")})
+        return self.get("/view?" + q, timeout=120)
+
+    def run(self, graph: dict, on_progress: Callable, timeout: float) -> dict:
+        """Queues `graph` and follows it to the end; its /history entry. ServerDied when the server goes away,
+        StepFailed when it reports an error."""
+        import websocket
+
+        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        try:
+            ws = websocket.create_connection(f"{ws_url}/ws?clientId={urllib.parse.quote(self.client_id)}", timeout=10)
+        except (websocket.WebSocketException, *NETWORK_ERRORS) as e:
+            raise ServerDied(f"{self.url}: websocket: {e}") from None
+        try:
+            status, body = self.post_json("/prompt", {"prompt": graph, "client_id": self.client_id})
+            if status != 200 or body.get("node_errors"):
+                raise StepFailed(f"{self.url}: the prompt was refused (HTTP {status}): {json.dumps(body)[:2000]}")
+            pid = body["prompt_id"]
+            deadline, next_poll, finished = time.monotonic() + timeout, 0.0, False
+            ws.settimeout(1.0)
+            while True:
+                try:
+                    msg = ws.recv()
+                except websocket.WebSocketTimeoutException:
+                    msg = None
+                except (websocket.WebSocketException, *NETWORK_ERRORS):
+                    self.get("/system_stats", timeout=5)  # ServerDied when it is gone
+                    raise StepFailed(f"{self.url}: the websocket closed while the server still answers") from None
+                if isinstance(msg, str):
+                    m = json.loads(msg)
+                    d = m.get("data") or {}
+                    if d.get("prompt_id") == pid and m.get("type") == "progress":
+                        on_progress(self, d.get("value", 0), d.get("max", 0))
+                    if d.get("prompt_id") == pid and m.get("type") in FINISHED:
+                        finished, next_poll = True, 0.0  # the record follows within moments: read it soon
+                        ws.settimeout(0.05)
+                if time.monotonic() >= next_poll:  # the history is the record; the socket is for progress
+                    next_poll = time.monotonic() + (0.05 if finished else 1.0)
+                    entry = json.loads(self.get(f"/history/{pid}", timeout=10)).get(pid)
+                    done = (entry or {}).get("status", {}).get("status_str")
+                    if done == "success":
+                        return entry
+                    if done == "error":
+                        raise StepFailed(f"{self.url}: {describe_error(entry)}")
+                if time.monotonic() > deadline:
+                    raise StepFailed(f"{self.url}: the step did not finish within {timeout:.0f} s")
+        finally:
+            ws.close()
+
+
+def describe_error(entry: dict) -> str:
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return f"{data.get('node_type')}: {data.get('exception_type')}: {data.get('exception_message')}"
+    return json.dumps(entry.get("status", {}))[:1000]
+
+
+def find_node(graph: dict, class_type: str) -> str:
+    ids = [k for k, v in graph.items() if v.get("class_type") == class_type]
+    if len(ids) != 1:
+        raise ValueError(f"the step workflow needs exactly one {class_type} node, it has {len(ids)}")
+    return ids[0]
+
+
+def step_graph(template: dict, job: Job, run_id: str, k: int, state_name: Optional[str]) -> dict:
+    """The API prompt of step k: its chunks' prompts and the job's settings in the step workflow; with
+    `state_name` None (step 0 of a text start) the Load State node becomes the text init."""
+    g = {i: {kk: vv for kk, vv in n.items() if kk != "_meta"} for i, n in copy.deepcopy(template).items()}
+    model, load, cam = find_node(g, "LoadStreamingT2V"), find_node(g, "LoadStreamState"), find_node(g, "CAMExtendChunk")
+    save, seg = find_node(g, "SaveStreamState"), find_node(g, "SaveImage")
+    g[model]["inputs"].update(ckpt_name=job.model, dtype=job.dtype)
+    chunks = job.step_chunks(k)
+    g[cam]["inputs"].update(prompt="\n".join(job.chunk_prompt(i) for i in chunks), per_line_prompts=True,
+                            frames_to_add=len(chunks) * job.new_frames_per_chunk, negative_prompt=job.negative_prompt,
+                            steps=job.steps, guidance=job.guidance, eta=job.eta, seed=job.seed, memory=job.memory,
+                            continue_generator=True)
+    g[save]["inputs"].update(filename_prefix=f"stream_states/{run_id}/step_{k:05}", include_frames=False)
+    g[seg]["inputs"]["filename_prefix"] = f"stream_segments/{run_id}/seg_{k:05}"
+    if state_name is not None:
+        g[load]["inputs"]["state"] = state_name
+    else:
+        unet = f"{load}_t2v"
+        g[unet] = {"class_type": "LoadModelScopeT2V", "inputs": {"unet_name": job.t2v_unet, "dtype": job.dtype}}
+        g[load] = {"class_type": "StreamingT2VInitFromText", "inputs": {
+            "model": [model, 0], "t2v_unet": [unet, 0], "prompt": job.chunk_prompt(0), "negative_prompt": "",
+            "steps": job.init_steps, "guidance": job.init_guidance, "seed": job.seed, "width": 0, "height": 0}}
+    return g
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@dataclass
+class StreamRun:
+    """A video in `work`: state_K.safetensors after each finished step K, its frames in seg_K/ (a segment is
+    renamed into place only once all its frames are there, and its state only after it)."""
+    job: Job
+    urls: list
+    work: Path
+    on_progress: Callable = field(default=lambda step, server, value, total: None)
+    log: Callable = field(default=lambda msg: print(msg, flush=True))
+    template: dict = field(default_factory=lambda: json.loads(STEP_WORKFLOW.read_text()))
+
+    def __post_init__(self):
+        problems = self.job.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        if not self.urls:
+            raise ValueError("--server: give at least one ComfyUI URL")
+        self.work = Path(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        manifest = self.work / "run.json"
+        if manifest.exists():
+            saved = json.loads(manifest.read_text())
+            if saved["job"] != json.loads(json.dumps(asdict(self.job))):
+                raise ValueError(f"{manifest}: this work folder belongs to a run with other settings; give another "
+                                 "--work or the same arguments")
+            self.run_id = saved["run_id"]
+        else:
+            self.run_id = uuid.uuid4().hex[:12]
+            _atomic_write(manifest, json.dumps({"run_id": self.run_id, "job": asdict(self.job)}, indent=1).encode())
+        client_id = uuid.uuid4().hex
+        self.servers = [Server(u, client_id) for u in self.urls]
+        self._next = 0
+        self.failures: list = []  # (step, server url, reason) of every try that did not finish
+
+    def state_path(self, k: int) -> Path:
+        return self.work / f"state_{k:05}.safetensors"
+
+    def segment_dir(self, k: int) -> Path:
+        return self.work / f"seg_{k:05}"
+
+    def done_steps(self) -> int:
+        """Steps finished in an earlier run of this work folder (each with its state and segment)."""
+        k = 0
+        while self.state_path(k).is_file() and self.segment_dir(k).is_dir():
+            k += 1
+        return k
+
+    def pick_server(self, exclude: set) -> Server:
+        """The next live server in turn that has nothing queued (else the next live one)."""
+        n = len(self.servers)
+        order = [self.servers[(self._next + i) % n] for i in range(n)]
+        live = [s for s in order if s.alive and s.url not in exclude]
+        if not live:
+            raise RuntimeError("no server left to run the step: " + "; ".join(
+                f"step {k} on {u}: {why}" for k, u, why in self.failures[-2 * n:]))
+        for s in live:
+            try:
+                if s.is_free():
+                    break
+            except ServerDied:
+                s.alive = False
+        else:
+            s = next((s for s in live if s.alive), None)
+            if s is None:
+                return self.pick_server(exclude)
+        self._next = (self.servers.index(s) + 1) % n
+        return s
+
+    def run_step(self, k: int) -> None:
+        tried: set = set()
+        while True:
+            server = self.pick_server(tried)
+            try:
+                self._run_step_on(server, k)
+                return
+            except ServerDied as e:
+                server.alive = False
+                self.failures.append((k, server.url, f"died: {e}"))
+                self.log(f"step {k}: {server.url} died ({e}); resuming from the last state on another server")
+            except StepFailed as e:
+                tried.add(server.url)  # a server that errs may work again on the next step
+                self.failures.append((k, server.url, str(e)))
+                self.log(f"step {k}: failed on {server.url}: {e}")
+
+    def _run_step_on(self, server: Server, k: int) -> None:
+        if k > 0 or self.job.init_state:
+            source = self.state_path(k - 1) if k > 0 else Path(self.job.init_state)
+            state_name = server.upload_input(source.read_bytes(), f"step_{k - 1:05}.safetensors" if k else source.name,
+                                             f"stream_states/{self.run_id}")
+        else:
+            state_name = None
+        graph = step_graph(self.template, self.job, self.run_id, k, state_name)
+        self.log(f"step {k}/{self.job.num_steps()}: chunks {list(self.job.step_chunks(k))} on {server.url}")
+        entry = server.run(graph, lambda s, v, m: self.on_progress(k, s, v, m), self.job.step_timeout)
+        save, seg = find_node(graph, "SaveStreamState"), find_node(graph, "SaveImage")
+        (state_file,) = entry["outputs"][save]["stream_states"]
+        images = entry["outputs"][seg]["images"]
+        if len(images) != state_file["new_frames"]:
+            raise StepFailed(f"{server.url}: {len(images)} segment frames listed, the state says "
+                             f"{state_file['new_frames']}")
+        final, tmp = self.segment_dir(k), self.work / f".seg_{k:05}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for i, f in enumerate(images):
+            (tmp / f"{i:06}.png").write_bytes(server.view(f))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _atomic_write(self.state_path(k), server.view(state_file))  # the step counts as done from here
+
+    def run(self, out: Path) -> Path:
+        start = self.done_steps()
+        if start:
+            self.log(f"continuing {self.work}: {start} step(s) already done")
+        for k in range(start, self.job.num_steps()):
+            self.run_step(k)
+        return concatenate([self.segment_dir(k) for k in range(self.job.num_steps())], Path(out), self.job.fps)
+
+
+def concatenate(segments: list, out: Path, fps: float) -> Path:
+    """The segments' PNG frames, in order, as one H.264 mp4 (written under a temporary name, then renamed):
+    one frame in memory at a time."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
+    try:
+        with av.open(str(tmp), mode="w") as c:
+            stream, count = None, 0
+            for seg in segments:
+                for png in sorted(Path(seg).glob("*.png")):
+                    with Image.open(png) as im:
+                        frame = np.asarray(im.convert("RGB"))
+                    if stream is None:
+                        # x264's lookahead (macroblock tree) made other frames from the same input from run to
+                        # run here; without it the same segments give the same video whichever servers made them
+                        stream = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options=X264)
+                        stream.height, stream.width = frame.shape[:2]
+                        stream.pix_fmt = "yuv420p"
+                    video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                    video_frame.pts = count
+                    count += 1
+                    for packet in stream.encode(video_frame):
+                        c.mux(packet)
+            if stream is None:
+                raise ValueError(f"no frames in the segments {segments}")
+            for packet in stream.encode():
+                c.mux(packet)
+        os.replace(tmp, out)
+    except BaseException:  # anything, even Ctrl-C: no half-written video under the final name
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--server", action="append", required=True, help="A ComfyUI URL (repeat for more servers).")
+    p.add_argument("--prompt", action="append", required=True,
+                   help="The prompt of the next chunk (repeat: one per chunk, the last carries on).")
+    p.add_argument("--chunks", type=int, required=True, help="CAM chunks after the first chunk (8 new frames each).")
+    p.add_argument("--out", required=True, help="The final mp4.")
+    p.add_argument("--work", help="Where states and segments are kept (default: OUT without .mp4 + '_work').")
+    d = Job(prompts=[""], chunks=1)
+    for name in ("negative_prompt", "chunks_per_step", "seed", "steps", "guidance", "eta", "model", "dtype", "memory",
+                 "new_frames_per_chunk", "t2v_unet", "init_steps", "init_guidance", "init_state", "fps",
+                 "step_timeout"):
+        value = getattr(d, name)
+        p.add_argument("--" + name.replace("_", "-"), type=type(value) if value is not None else str, default=value,
+                       help=f"default: {value}")
+    a = p.parse_args(argv)
+    job = Job(**{k: getattr(a, k) for k in asdict(d) if k not in ("prompts",)} | {"prompts": a.prompt})
+    out = Path(a.out)
+    work = Path(a.work) if a.work else out.with_name(out.stem + "_work")
+
+    def progress(step, server, value, total):
+        print(f"\r  step {step}: {value}/{total} on {server.url}   ", end="", file=sys.stderr, flush=True)
+
+    path = StreamRun(job, a.server, work, on_progress=progress).run(out)
+    print(f"\n{path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
