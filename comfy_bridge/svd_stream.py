@@ -94,6 +94,8 @@ class StreamResult:
     chunks: list = field(default_factory=list)  # per generated chunk: all 25 frames [25, 3, H, W] in [-1, 1]
     latents: list = field(default_factory=list)  # per generated chunk: ComfyUI LATENT [25, 4, h, w]
     frames: torch.Tensor | None = None  # the input frames + 18 new frames per chunk, [-1, 1]
+    generator_state: torch.Tensor | None = None  # the draws' generator after the last chunk (resumes the stream)
+    embeddings: dict = field(default_factory=dict)  # SVD image index -> its CLIP embedding [1, 1, D]
 
 
 def size_problem(height: int, width: int) -> str | None:
@@ -107,7 +109,8 @@ def size_problem(height: int, width: int) -> str | None:
 
 def stream(model, cam, mergers, concat_encoder, vae, frames: torch.Tensor, chunks: int, seed: int,
            sigmas: torch.Tensor | None = None, sampler=None, clip_vision=None, image: torch.Tensor | None = None,
-           embedding: torch.Tensor | None = None,
+           embedding: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           tail: torch.Tensor | None = None, first_chunk: int = 0, embeddings: dict | None = None,
            on_step: Callable | None = None, on_chunk: Callable | None = None) -> StreamResult:
     """`chunks` StreamingSVD chunks after `frames` ([N >= 7, 3, H, W] in [-1, 1]: the first chunk or any video).
 
@@ -117,7 +120,10 @@ def stream(model, cam, mergers, concat_encoder, vae, frames: torch.Tensor, chunk
     [K, 3, H, W] (chunk c takes image min(c, K-1): per-chunk anchors); embedding: the CLIP embedding [1, 1, D]
     of a single image (default: through `clip_vision`); seed: one generator for the whole stream (ChunkDraws: per
     chunk the uniform augmentation, then the initial noise); sigmas: default the official schedule for 30
-    steps; sampler: default Euler. on_step(chunk, step, total_steps, x0) after every sampler step;
+    steps; sampler: default Euler. A resumed stream: generator (continue these draws instead of seeding one
+    with `seed`), tail (the exact [-1, 1] frames the last chunk ended with; default the end of `frames`),
+    first_chunk (chunks sampled before: chunk c of this call takes image min(first_chunk + c, K-1)),
+    embeddings (image index -> CLIP embedding, as StreamResult.embeddings gives them). on_step(chunk, step, total_steps, x0) after every sampler step;
     on_chunk(chunk, new_frames) after each chunk."""
     n, _, height, width = frames.shape
     if n < config.COND_FRAMES:
@@ -133,14 +139,14 @@ def stream(model, cam, mergers, concat_encoder, vae, frames: torch.Tensor, chunk
     sampler = comfy.samplers.ksampler("euler") if sampler is None else sampler
     if embedding is None and clip_vision is None:
         raise ValueError("clip_vision: a CLIP vision model (or an image embedding) is needed")
-    embeddings = {0: embedding} if embedding is not None else {}
-    draws = ChunkDraws(seed, height, width, config.FRAMES)
+    embeddings = dict(embeddings or ({0: embedding} if embedding is not None else {}))
+    draws = ChunkDraws(seed if generator is None else generator, height, width, config.FRAMES)
     guided = with_linear_guidance(model)
     result = StreamResult()
-    video, prev = [frames], frames
+    video, prev = [frames], (frames if tail is None else tail)
     for c in range(chunks):
         draw = draws.next()
-        k = min(c, image.shape[0] - 1)
+        k = min(first_chunk + c, image.shape[0] - 1)
         if k not in embeddings:
             embeddings[k] = image_embedding(clip_vision, image[k:k + 1])
         concat = concat_latent(concat_encoder, cond_frames(image[k:k + 1], draw.cond_aug_uniform.to(image)))
@@ -165,4 +171,6 @@ def stream(model, cam, mergers, concat_encoder, vae, frames: torch.Tensor, chunk
         if on_chunk is not None:
             on_chunk(c, new)
     result.frames = torch.cat(video)
+    result.generator_state = draws.generator.get_state()
+    result.embeddings = embeddings
     return result

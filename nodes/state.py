@@ -10,11 +10,13 @@ from comfy_api.latest import io, ui
 
 from ..comfy_bridge.models import streamingt2v_path
 from ..streamingt2v_core.common.dtypes import dtype_name
-from .types import Anchor, Sampling, Stream, StreamingT2VModel, StreamState, frames_to_image, image_to_frames
+from .types import (Anchor, Sampling, Stream, StreamingSVDCAM, StreamingT2VModel, StreamState, SVDSampling,
+                    frames_to_image, image_to_frames)
 
 log = logging.getLogger("StreamingT2V")
 
 FAMILY = "streamingt2v"
+SVD_FAMILY = "streamingsvd"
 SUFFIX = ".safetensors"
 DEFAULT_PREFIX = "stream_state/streamingt2v"
 STATE_TOOLTIP = ("A state file SaveStreamState wrote: a name in the input folder (e.g. uploaded there), or "
@@ -63,17 +65,28 @@ def prefix_problem(prefix) -> str | None:
     return None
 
 
+def saved_frames(stream: StreamState, include_frames: bool):
+    """Every frame so far as (N, 3, H, W) in [0, 1] for a state saved with its frames, else None."""
+    if not include_frames:
+        return None
+    if stream.frames_before:
+        raise ValueError(f"include_frames: the stream was loaded without its first {stream.frames_before} "
+                         "frames, so they cannot be saved; turn include_frames off")
+    return image_to_frames(stream.frames()).contiguous()
+
+
 def saved_from_stream(stream: StreamState, include_frames: bool):
-    """A StreamState as the core's SavedStream (the streamingt2v family)."""
+    """A StreamState as the core's SavedStream (its family by the stream's sampling record)."""
     from ..streamingt2v_core.stream_state import SavedStream
 
     s, anchor = stream.sampling, stream.anchor
-    frames = None
-    if include_frames:
-        if stream.frames_before:
-            raise ValueError(f"include_frames: the stream was loaded without its first {stream.frames_before} "
-                             "frames, so they cannot be saved; turn include_frames off")
-        frames = image_to_frames(stream.frames()).contiguous()
+    frames = saved_frames(stream, include_frames)
+    if isinstance(s, SVDSampling):
+        return SavedStream(
+            family=SVD_FAMILY, model=s.model, seed=s.seed, generator_state=s.generator_state,
+            num_chunks=s.chunks_done, num_frames=stream.num_frames,
+            tensors={"cond_frames": s.tail, "images": s.images, "embeddings": s.embeddings},
+            settings={"image_source": f"{int(s.images.shape[0])} SVD image(s)"}, frames=frames)
     return SavedStream(
         family=FAMILY, model=s.model, seed=s.seed, generator_state=s.generator_state,
         num_chunks=len(stream.prompts), num_frames=stream.num_frames,
@@ -83,6 +96,19 @@ def saved_from_stream(stream: StreamState, include_frames: bool):
         settings={"prompts": list(stream.prompts), "negative_prompt": s.negative_prompt, "steps": s.steps,
                   "guidance": s.guidance, "eta": s.eta, "anchor_source": anchor.source},
         frames=frames)
+
+
+def svd_stream_from_saved(saved) -> StreamState:
+    """A SavedStream (streamingsvd family) as the stream StreamingSVDExtend continues: exact control frames,
+    images, embeddings and generator; the frames it holds are the saved ones, else the control frames."""
+    t = saved.tensors
+    sampling = SVDSampling(seed=saved.seed, generator_state=saved.generator_state, tail=t["cond_frames"],
+                           images=t["images"], embeddings=t["embeddings"], chunks_done=saved.num_chunks,
+                           model=saved.model)
+    held = frames_to_image(((t["cond_frames"] + 1) / 2).clamp(0, 1) if saved.frames is None else saved.frames)
+    chunks_so_far = 1 + saved.num_chunks  # the input video, then each StreamingSVD chunk
+    return StreamState(chunks=(held,), prompts=("",) * chunks_so_far, sampling=sampling,
+                       frames_before=saved.num_frames - int(held.shape[0]), new_from=saved.num_frames)
 
 
 def stream_from_saved(saved) -> StreamState:
@@ -96,6 +122,26 @@ def stream_from_saved(saved) -> StreamState:
     held = frames_to_image(cond if saved.frames is None else saved.frames)
     return StreamState(chunks=(held,), prompts=tuple(st["prompts"]), anchor=anchor, sampling=sampling,
                        frames_before=saved.num_frames - int(held.shape[0]), new_from=saved.num_frames)
+
+
+LOAD_NODES_BY_FAMILY = {FAMILY: "Load Stream State (StreamingT2V)", SVD_FAMILY: "Load Stream State (StreamingSVD)"}
+
+
+def read_family_state(state: str, family: str):
+    """The SavedStream of the state file `state` (checked header first), refused unless it is `family`'s."""
+    from ..streamingt2v_core.stream_state import StateError, read_state
+
+    problem = LoadStreamState.file_problem(state)
+    if problem:
+        raise ValueError(problem)
+    try:
+        saved = read_state(state_path(state))
+    except StateError as e:
+        raise ValueError(f"state: {e}") from None
+    if saved.family != family:
+        raise ValueError(f"state: a {saved.family} state; this node continues {family} streams: load it with "
+                         f"{LOAD_NODES_BY_FAMILY.get(saved.family, 'its own node')}")
+    return saved
 
 
 class SaveStreamState(io.ComfyNode):
@@ -134,12 +180,14 @@ class SaveStreamState(io.ComfyNode):
         problem = prefix_problem(filename_prefix)
         if problem:
             raise ValueError(problem)
-        if stream.sampling is None or stream.anchor is None:
+        svd = isinstance(stream.sampling, SVDSampling)
+        if stream.sampling is None or (stream.anchor is None and not svd):
             raise ValueError("stream: no CAM chunk yet, so there is no generator or anchor to save; pass the stream "
-                             "through CAMExtendChunk before SaveStreamState")
+                             "through CAMExtendChunk (or StreamingSVD Extend) before SaveStreamState")
         if stream.sampling.model is None:
-            raise ValueError("stream: its model file left models/streamingt2v after loading, so the state could not "
-                             "name its weights; put the file back and run CAMExtendChunk again")
+            folder = "models/streamingsvd or models/checkpoints" if svd else "models/streamingt2v"
+            raise ValueError(f"stream: its model file left {folder} after loading, so the state could not name its "
+                             "weights; put the file back and run the extend node again")
         saved = saved_from_stream(stream, include_frames)
         out_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
@@ -204,18 +252,9 @@ class LoadStreamState(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state) -> io.NodeOutput:
-        from ..streamingt2v_core.stream_state import StateError, identity_problem, read_state
+        from ..streamingt2v_core.stream_state import identity_problem
 
-        problem = cls.file_problem(state)
-        if problem:
-            raise ValueError(problem)
-        try:
-            saved = read_state(state_path(state))
-        except StateError as e:
-            raise ValueError(f"state: {e}") from None
-        if saved.family != FAMILY:
-            raise ValueError(f"state: a {saved.family} state; LoadStreamState continues {FAMILY} streams: load it "
-                             f"with the {saved.family} nodes")
+        saved = read_family_state(state, FAMILY)
         current = model_identity_of(model)
         if current is None:
             raise ValueError(f"model: '{model.name}' is no longer in models/streamingt2v, so its weights cannot be "
@@ -231,4 +270,54 @@ class LoadStreamState(io.ComfyNode):
         return io.NodeOutput(stream, info, ui=ui.PreviewText(info))
 
 
-STATE_NODES = [SaveStreamState, LoadStreamState]
+class LoadStreamingSVDState(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoadStreamingSVDState",
+            display_name="Load Stream State (StreamingSVD)",
+            category="StreamingT2V/stream",
+            description="Loads a StreamingSVD state SaveStreamState wrote, to continue it with StreamingSVD Extend "
+                        "(its `stream` input): the frames equal one uninterrupted run. Refuses a state made with "
+                        "another CAM file or another dtype, and any file that is not a state.",
+            inputs=[
+                # lazy: the file is checked before the weights are requested (loaded)
+                StreamingSVDCAM.Input("cam", lazy=True, tooltip="The CAM the state was made with (checked)."),
+                io.Model.Input("model", lazy=True, tooltip="The SVD MODEL (its dtype is checked)."),
+                io.String.Input("state", default="", tooltip=STATE_TOOLTIP),
+            ],
+            outputs=[Stream.Output("stream", display_name="stream"),
+                     io.String.Output("info", display_name="info")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, state=None, **_inputs):
+        return state_path_problem(state) or True
+
+    @classmethod
+    def check_lazy_status(cls, cam=None, model=None, state=None):
+        if state is None or LoadStreamState.file_problem(state) is not None:
+            return []  # execute reports it; no loader runs for it
+        return [name for name, value in (("cam", cam), ("model", model)) if value is None]
+
+    @classmethod
+    def execute(cls, cam, model, state) -> io.NodeOutput:
+        from ..streamingt2v_core.stream_state import identity_problem
+        from .svd import svd_identity
+
+        saved = read_family_state(state, SVD_FAMILY)
+        current = svd_identity(cam, model)
+        if current is None:
+            raise ValueError(f"cam: '{cam.name}' is no longer in its model folder, so its weights cannot be checked "
+                             "against the state's; put the file back")
+        problem = identity_problem(saved.model, current)
+        if problem:
+            raise ValueError(f"cam / model: {problem}")
+        stream = svd_stream_from_saved(saved)
+        info = (f"loaded {state.strip()}: {saved.num_chunks} StreamingSVD chunks, {saved.num_frames} frames"
+                + ("" if saved.frames is None else " (with the frames)") + f"; weights {saved.model.describe()}")
+        log.info("StreamingSVD: %s", info)
+        return io.NodeOutput(stream, info, ui=ui.PreviewText(info))
+
+
+STATE_NODES = [SaveStreamState, LoadStreamState, LoadStreamingSVDState]

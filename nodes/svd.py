@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 
+import torch
 from comfy_api.latest import io, ui
 
 from ..comfy_bridge import models
@@ -21,7 +22,8 @@ from ..streamingt2v_core.common.dtypes import dtype_name
 from ..streamingt2v_core.svd import config
 from ..streamingt2v_core.svd.config import STEPS
 from ..streamingt2v_core.svd.sigmas import official_sigmas
-from .types import SEED_MAX, Stream, StreamingSVDCAM, StreamState, SVDCamWeights, frames_to_image, image_to_frames
+from .types import (SEED_MAX, Stream, StreamingSVDCAM, StreamState, SVDCamWeights, SVDSampling, frames_to_image,
+                    image_to_frames)
 
 log = logging.getLogger("StreamingT2V")
 MAX_FRAMES_TO_ADD = 100_000
@@ -100,8 +102,9 @@ class StreamingSVDExtend(io.ComfyNode):
                 StreamingSVDCAM.Input("cam", lazy=True),
                 io.ClipVision.Input("clip_vision", lazy=True),
                 io.Vae.Input("vae", lazy=True),
-                io.Image.Input("frames", tooltip=f"The video so far (at least {config.COND_FRAMES} frames; sides "
-                                                 "multiples of 64, officially 1024x576): a first SVD chunk or any video."),
+                io.Image.Input("frames", optional=True,
+                               tooltip=f"The video so far (at least {config.COND_FRAMES} frames; sides multiples of "
+                                       "64, officially 1024x576): a first SVD chunk or any video. Or connect `stream`."),
                 io.Int.Input("frames_to_add", default=5 * config.NEW_FRAMES, min=1, max=MAX_FRAMES_TO_ADD,
                              tooltip=f"Rounded up to whole chunks of {config.NEW_FRAMES} new frames."),
                 io.Int.Input("seed", default=33, min=0, max=SEED_MAX, control_after_generate=True,
@@ -114,8 +117,13 @@ class StreamingSVDExtend(io.ComfyNode):
                 io.Sigmas.Input("sigmas", optional=True, tooltip=f"Default: the official {config.STEPS}-step "
                                                                  "schedule (StreamingSVD Sigmas)."),
                 io.Sampler.Input("sampler", optional=True, tooltip="Default: Euler (official)."),
+                Stream.Input("stream", optional=True,
+                             tooltip="Instead of `frames`: continue a StreamingSVD stream, from StreamingSVD Extend or "
+                                     "Load Stream State (StreamingSVD), exactly where its last chunk left it: its "
+                                     "control frames, SVD image(s) and generator (the seed is not used), so a run "
+                                     "split into steps equals one long run."),
             ],
-            outputs=[Stream.Output("stream", display_name="stream"),
+            outputs=[Stream.Output("extended_stream", display_name="stream"),
                      io.Image.Output("images", display_name="images"),
                      io.String.Output("info", display_name="info")],
         )
@@ -148,11 +156,25 @@ class StreamingSVDExtend(io.ComfyNode):
 
     @classmethod
     def check_lazy_status(cls, model=None, cam=None, clip_vision=None, vae=None, frames=None, frames_to_add=None,
-                          image=None, **_inputs):
-        if frames is None or cls.input_problem(frames, frames_to_add, image):
+                          image=None, stream=None, **_inputs):
+        frames = held_frames(frames, stream)
+        if frames is None or cls.video_problem(frames, frames_to_add, image, stream):
             return []  # execute reports the problem; no loader runs for it
         return [name for name, value in (("model", model), ("cam", cam), ("clip_vision", clip_vision),
                                          ("vae", vae)) if value is None]
+
+    @classmethod
+    def video_problem(cls, frames, frames_to_add, image, stream) -> str | None:
+        """input_problem, plus the choice between `frames` and `stream` (`frames` here: held_frames)."""
+        if stream is not None:
+            if not isinstance(stream.sampling, SVDSampling):
+                return ("stream: not a StreamingSVD stream (it has no StreamingSVD chunk to continue); connect the "
+                        "stream of StreamingSVD Extend or Load Stream State (StreamingSVD), or connect `frames` instead")
+            if image is not None:
+                return "image: a continued stream keeps its SVD image(s); disconnect `image` (or start from `frames`)"
+        elif frames is None:
+            return "frames: connect the video to extend (IMAGE), or a StreamingSVD stream to continue"
+        return cls.input_problem(frames, frames_to_add, image)
 
     @staticmethod
     def model_problem(model) -> str | None:
@@ -166,17 +188,28 @@ class StreamingSVDExtend(io.ComfyNode):
         return None
 
     @classmethod
-    def execute(cls, model, cam: SVDCamWeights, clip_vision, vae, frames, frames_to_add, seed, image=None,
-                sigmas=None, sampler=None) -> io.NodeOutput:
+    def execute(cls, model, cam: SVDCamWeights, clip_vision, vae, frames_to_add, seed, frames=None, image=None,
+                sigmas=None, sampler=None, stream: StreamState | None = None) -> io.NodeOutput:
         from ..comfy_bridge.svd_patch import build_modules
-        from ..comfy_bridge.svd_stream import stream
+        from ..comfy_bridge.svd_stream import stream as run_stream
+        from ..streamingt2v_core.stream_state import identity_problem, make_generator
 
-        problem = cls.input_problem(frames, frames_to_add, image) or cls.model_problem(model)
+        if frames is not None and stream is not None:
+            raise ValueError("frames / stream: both are connected; connect `frames` to extend a video or `stream` to "
+                             "continue a StreamingSVD stream, not both")
+        held = held_frames(frames, stream)
+        problem = cls.video_problem(held, frames_to_add, image, stream) or cls.model_problem(model)
         if problem:
             raise ValueError(problem)
         if sigmas is not None and (sigmas.ndim != 1 or sigmas.numel() < 2):
             raise ValueError(f"sigmas: {tuple(sigmas.shape)} is no schedule (at least 2 sigmas, the last 0); "
                              "connect StreamingSVD Sigmas or a scheduler node")
+        identity = svd_identity(cam, model)
+        carried = None if stream is None else stream.sampling
+        if carried is not None:
+            problem = identity_problem(carried.model, identity) if identity is not None else None
+            if problem:
+                raise ValueError(f"cam / model: {problem}")
         try:
             modules = build_modules(model, cam.parts)  # cheap (meta build + views), before any sampling
         except ValueError as exc:
@@ -184,18 +217,28 @@ class StreamingSVDExtend(io.ComfyNode):
                              "model.safetensors as the MODEL") from exc
         chunks = math.ceil(frames_to_add / config.NEW_FRAMES)
         added = chunks * config.NEW_FRAMES
-        n, height, width = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
+        n = held.shape[0] if stream is None else stream.num_frames
+        height, width = int(held.shape[1]), int(held.shape[2])
         steps = (config.STEPS if sigmas is None else sigmas.numel() - 1)
+        pixels = image_to_frames(held) * 2 - 1
+        if carried is not None:
+            svd_image = carried.images
+            source = f"continued stream: {carried.chunks_done} StreamingSVD chunks so far, seed {carried.seed}"
+            resume = {"generator": make_generator(carried.seed, carried.generator_state), "tail": carried.tail,
+                      "first_chunk": carried.chunks_done,
+                      "embeddings": {i: carried.embeddings[i:i + 1] for i in range(carried.embeddings.shape[0])}}
+        else:
+            svd_image = (pixels[min(config.SVD_IMAGE_INDEX, n - 1)][None] if image is None
+                         else image_to_frames(image) * 2 - 1)
+            source = (f"the image input ({int(image.shape[0])} images: one per chunk, the last carries on)"
+                      if image is not None and image.shape[0] > 1 else "the image input" if image is not None
+                      else f"frame {min(config.SVD_IMAGE_INDEX, n - 1)} of the {n} input frames")
+            resume = {"generator": make_generator(seed)}
         notes = [f"frames_to_add {frames_to_add} -> {chunks} chunk(s) x {config.NEW_FRAMES} new frames = {added} "
                  "frames" + (" (rounded up to whole chunks)" if added != frames_to_add else ""),
-                 "SVD image: " + (f"the image input ({int(image.shape[0])} images: one per chunk, the last carries "
-                                  "on)" if image is not None and image.shape[0] > 1 else "the image input"
-                                  if image is not None else
-                                  f"frame {min(config.SVD_IMAGE_INDEX, n - 1)} of the {n} input frames"),
+                 f"SVD image: {source}",
                  f"sampler: {'given' if sampler is not None else 'euler'}, {steps} steps "
                  f"({'given sigmas' if sigmas is not None else 'official schedule'})"]
-        pixels = image_to_frames(frames) * 2 - 1
-        svd_image = None if image is None else image_to_frames(image) * 2 - 1
         settings = {"dtype": dtype_name(model.model.get_dtype()), "size": f"{width}x{height}",
                     "frames_to_add": frames_to_add}
         new_chunks = []
@@ -210,15 +253,40 @@ class StreamingSVDExtend(io.ComfyNode):
                 log.info("StreamingSVD: chunk %d/%d done (%d frames so far)", index + 1, chunks,
                          n + config.NEW_FRAMES * (index + 1))
 
-            stream(model, modules.cam, modules.mergers, modules.concat_encoder, vae, pixels, chunks, seed,
-                   sigmas=sigmas, sampler=sampler, clip_vision=clip_vision, image=svd_image,
-                   on_step=on_step, on_chunk=on_chunk)
+            result = run_stream(model, modules.cam, modules.mergers, modules.concat_encoder, vae, pixels, chunks,
+                                seed, sigmas=sigmas, sampler=sampler, clip_vision=clip_vision, image=svd_image,
+                                on_step=on_step, on_chunk=on_chunk, **resume)
         notes.append(f"video: {n} -> {n + added} frames")
         info = "\n".join(notes)
         log.info("StreamingSVD: %s", info.replace("\n", "; "))
-        state = StreamState(chunks=(frames[..., :3].float().cpu().contiguous(), *new_chunks),
-                            prompts=("",) * (1 + chunks))
-        return io.NodeOutput(state, state.frames(), info, ui=ui.PreviewText(info))
+        used = sorted(result.embeddings)
+        sampling = SVDSampling(
+            seed=seed if carried is None else carried.seed, generator_state=result.generator_state,
+            tail=result.chunks[-1][-config.COND_FRAMES:].contiguous(), images=svd_image.float().cpu().contiguous(),
+            embeddings=torch.cat([result.embeddings[i].float().cpu() for i in used]).contiguous(),
+            chunks_done=(0 if carried is None else carried.chunks_done) + chunks, model=identity)
+        if stream is None:
+            out = StreamState(chunks=(frames[..., :3].float().cpu().contiguous(), *new_chunks),
+                              prompts=("",) * (1 + chunks), sampling=sampling)
+        else:
+            out = stream.extended(new_chunks, ("",) * chunks, None, sampling)
+        return io.NodeOutput(out, out.frames(), info, ui=ui.PreviewText(info))
+
+
+def held_frames(frames, stream):
+    """The frames the node has: `frames`, else the frames the stream holds (IMAGE), else None."""
+    if frames is not None:
+        return frames
+    return None if stream is None else stream.frames()
+
+
+def svd_identity(cam: SVDCamWeights, model):
+    """The identity of StreamingSVD's weights for a saved state: the CAM file (its name, size, sampled content
+    hash) and the SVD MODEL's dtype; None when the file is no longer in its model folder."""
+    from ..streamingt2v_core.stream_state import model_identity
+
+    path = models.streamingsvd_path(cam.name)
+    return None if path is None else model_identity(path, cam.name, dtype_name(model.model.get_dtype()))
 
 
 SVD_NODES = [LoadStreamingSVDCAM, StreamingSVDExtend, StreamingSVDSigmas]

@@ -50,6 +50,20 @@ class Sampling:
 
 
 @dataclass(frozen=True, eq=False)
+class SVDSampling:
+    """A StreamingSVD stream's continuation, exact: the last chunk's control frames as sampled (not through
+    8-bit or [0, 1] IMAGE values), the SVD image(s) and their CLIP embeddings, the generator after the last
+    chunk, and the weights. StreamingSVDExtend sets it; a saved state carries it."""
+    seed: int
+    generator_state: torch.Tensor  # torch.Generator.get_state() after the last chunk (uint8, CPU)
+    tail: torch.Tensor  # (7, 3, H, W) float32 in [-1, 1]: the CAM's control frames for the next chunk
+    images: torch.Tensor  # (K, 3, H, W) float32 in [-1, 1]: the SVD image of each chunk (the last carries on)
+    embeddings: torch.Tensor  # (K, 1, D) float32: their CLIP image embeddings
+    chunks_done: int  # StreamingSVD chunks sampled so far (chunk c takes image min(c, K - 1))
+    model: object  # streamingt2v_core.stream_state.ModelIdentity of the CAM file and the MODEL's dtype
+
+
+@dataclass(frozen=True, eq=False)
 class StreamState:
     """A video being streamed, kept as the official code joins it: chunk 0 whole, then the new frames of
     every later chunk. Each entry is an IMAGE tensor [n, H, W, 3], float32 in [0, 1], on the CPU. Extending
@@ -57,7 +71,7 @@ class StreamState:
     chunks: tuple
     prompts: tuple = ()  # the prompt of each chunk ("" for frames that came from elsewhere)
     anchor: Anchor | None = None  # the anchor the stream was extended with so far (None: frame 0)
-    sampling: Sampling | None = None  # how the last CAM chunk was drawn, and the generator after it
+    sampling: Sampling | SVDSampling | None = None  # how the last chunk was drawn, and the generator after it
     # A stream loaded from a state file without its frames holds only the CAM's conditioning frames: the
     # frames before chunks[0] that this value does not hold.
     frames_before: int = 0
@@ -113,7 +127,8 @@ class StreamState:
                 return c[index - start:index - start + 1]
         raise IndexError(index)
 
-    def extended(self, new_chunks, prompts, anchor: Anchor | None, sampling: Sampling | None = None) -> "StreamState":
+    def extended(self, new_chunks, prompts, anchor: Anchor | None,
+                 sampling: Sampling | SVDSampling | None = None) -> "StreamState":
         return StreamState(chunks=self.chunks + tuple(new_chunks), prompts=self.prompts + tuple(prompts),
                            anchor=anchor, sampling=sampling or self.sampling, frames_before=self.frames_before,
                            new_from=self.new_from)

@@ -47,6 +47,12 @@ FAMILIES = {
                  "anchor_image": 4},     # (1, 3, H, W) float32 in [0, 1]: the anchor frame
         settings={"prompts": list, "negative_prompt": str, "steps": int, "guidance": float, "eta": float,
                   "anchor_source": str}),
+    "streamingsvd": Family(
+        "streamingsvd",
+        tensors={"cond_frames": 4,       # (7, 3, H, W) float32 in [-1, 1]: the CAM's control frames, as sampled
+                 "images": 4,            # (K, 3, H, W) float32 in [-1, 1]: the SVD image of each chunk
+                 "embeddings": 3},       # (K, 1, D) float32: their CLIP image embeddings
+        settings={"image_source": str}),
 }
 
 

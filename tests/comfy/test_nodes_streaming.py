@@ -43,7 +43,7 @@ EXPECTED_OUTPUTS = {
 # the context-window node's: tests/comfy/test_context_blend.py, StreamingSVD's: tests/unit/nodes/test_svd.py
 PACK_NODES = set(EXPECTED_INPUTS) | {"LoadStreamingT2VRefiner", "RandomizedBlendRefiner", "RandomizedBlendContextWindows",
                                      "StreamingSVDSigmas", "LoadStreamingSVDCAM", "StreamingSVDExtend",
-                                     "SaveStreamState", "LoadStreamState", "I2VGenXLEnhancer"}
+                                     "SaveStreamState", "LoadStreamState", "LoadStreamingSVDState", "I2VGenXLEnhancer"}
 # frames of the mp4 each shipped workflow writes (chunk 0 whole + 8 per CAM chunk)
 EXPECTED_WORKFLOW_FRAMES = {
     "long_video": 16 + 64,

@@ -31,26 +31,30 @@ def ref():
 
 
 @pytest.fixture(scope="module")
-def run(ref, svd_tiny_checkpoint):
+def loaded(svd_tiny_checkpoint):
+    """The tiny checkpoint as ComfyUI's SVD MODEL, first-stage VAE and CLIP vision, and the pack's parts."""
     import_comfy()
-    ss = import_pack("comfy_bridge.svd_stream")
-    sp = import_pack("comfy_bridge.svd_patch")
     weights = import_pack("streamingt2v_core.svd.weights")
-    sigmas = import_pack("streamingt2v_core.svd.sigmas")
     torch.set_num_threads(max(torch.get_num_threads(), 2))
     from tests.support.comfy_test_nodes.tiny_svd import load_clip_vision, load_first_stage_vae
 
-    model = load_svd(svd_tiny_checkpoint)
-    parts = weights.read_cam_and_mergers(svd_tiny_checkpoint)
+    return {"model": load_svd(svd_tiny_checkpoint), "parts": weights.read_cam_and_mergers(svd_tiny_checkpoint),
+            "vae": load_first_stage_vae(svd_tiny_checkpoint), "clip": load_clip_vision(svd_tiny_checkpoint)}
+
+
+@pytest.fixture(scope="module")
+def run(ref, loaded):
+    ss = import_pack("comfy_bridge.svd_stream")
+    sp = import_pack("comfy_bridge.svd_patch")
+    sigmas = import_pack("streamingt2v_core.svd.sigmas")
+    model, parts, vae = loaded["model"], loaded["parts"], loaded["vae"]
     cam, mergers, concat = sp.build_cam(model, parts), sp.build_mergers(model, parts), sp.build_concat_encoder(model, parts)
-    del parts
-    vae = load_first_stage_vae(svd_tiny_checkpoint)
     first = ref["in/chunk0_uint8"].float() / 255 * 2 - 1
     steps = []
     # the recorded image embedding (fp32) goes in: ComfyUI runs CLIP vision in fp16 (checked on its own below)
     out = ss.stream(model, cam, mergers, concat, vae, first, chunks=2, seed=33, sigmas=sigmas.official_sigmas(4),
                     embedding=ref["chunk1/c/crossattn"][:1], on_step=lambda c, s, t, x0: steps.append((c, s, t)))
-    return ss, out, steps, vae, concat, load_clip_vision(svd_tiny_checkpoint), first
+    return ss, out, steps, vae, concat, loaded["clip"], first
 
 
 def test_the_image_embedding_is_the_official_one(run, ref):
@@ -99,3 +103,41 @@ def test_chunk_2_is_conditioned_on_chunk_1(run, ref):
     # the control frames of chunk 2 are the last 7 frames of chunk 1, as recorded
     _, out, *_ = run
     assert (out.chunks[0][-7:] - ref["chunk2/ctrl_frames"][0]).abs().max().item() <= 1 / 255
+
+
+@pytest.mark.resume
+def test_a_saved_and_loaded_stream_continues_bit_for_bit(loaded, ref, svd_tiny_checkpoint, tmp_path):
+    """Through the nodes: 2 chunks in one StreamingSVD Extend == 1 chunk, SaveStreamState, Load StreamingSVD
+    State, 1 chunk (another seed, not used: the stream's generator goes on), frame for frame; the state names
+    the CAM file and the dtype, and another dtype is refused."""
+    import folder_paths
+
+    import_pack("comfy_bridge.models").register_model_folders()
+    folder_paths.add_model_folder_path("streamingsvd", str(svd_tiny_checkpoint.parent))
+    folder_paths.set_output_directory(str(tmp_path))
+    svd, state = import_pack("nodes.svd"), import_pack("nodes.state")
+    types = import_pack("nodes.types")
+    cam = types.SVDCamWeights(loaded["parts"], svd_tiny_checkpoint.name)
+    first = ref["in/chunk0_uint8"].float() / 255  # IMAGE-like [25, H, W, 3] after the permute below
+    first = first.permute(0, 2, 3, 1).contiguous()
+    sigmas = import_pack("streamingt2v_core.svd.sigmas").official_sigmas(2).float()
+    extend = svd.StreamingSVDExtend.execute
+    common = dict(model=loaded["model"], cam=cam, clip_vision=loaded["clip"], vae=loaded["vae"], sigmas=sigmas)
+    whole = extend(frames_to_add=36, seed=5, frames=first, **common).result[1]
+    part = extend(frames_to_add=18, seed=5, frames=first, **common).result[0]
+    name = state.SaveStreamState.execute(part, "stream_state/svd_test", False).result[1]
+    assert name.endswith(".safetensors [output]") and (tmp_path / name[: -len(" [output]")]).stat().st_size < 2e6
+    stream, info = state.LoadStreamingSVDState.execute(cam, loaded["model"], name).result
+    assert "1 StreamingSVD chunks, 43 frames" in info
+    more = extend(frames_to_add=18, seed=999, stream=stream, **common)
+    assert "continued stream: 1 StreamingSVD chunks so far, seed 5" in more.result[2]
+    rest = more.result[0].new_frames()
+    assert rest.shape == (18, 64, 128, 3) and whole.shape[0] == 61
+    assert torch.equal(rest, whole[43:]), (rest - whole[43:]).abs().max()
+    # what a re-seeded run would give is another video
+    other = extend(frames_to_add=18, seed=999, frames=whole[:43], **common).result[1][43:]
+    assert not torch.equal(other, whole[43:])
+    # another dtype of the same weights is another stream
+    identity = state.saved_from_stream(part, False).model
+    half = type(identity)(identity.name, identity.size, identity.hash, "fp16")
+    assert "fp16" in (import_pack("streamingt2v_core.stream_state").identity_problem(identity, half) or "")

@@ -41,7 +41,7 @@ def test_sigmas_node_gives_the_official_schedule_not_cores_ays(svd_nodes):
 SVD_INPUTS = {
     "LoadStreamingSVDCAM": ["cam_name"],
     "StreamingSVDExtend": ["model", "cam", "clip_vision", "vae", "frames", "frames_to_add", "seed", "image", "sigmas",
-                           "sampler"],
+                           "sampler", "stream"],
 }
 
 
@@ -53,7 +53,7 @@ def test_svd_node_inputs_in_order(svd_nodes, node_id):
     if node_id == "StreamingSVDExtend":
         assert [o.io_type for o in schema.outputs] == ["STREAMINGT2V_STREAM", "IMAGE", "STRING"]
         optional = [i.id for i in schema.inputs if i.optional]
-        assert optional == ["image", "sigmas", "sampler"]
+        assert optional == ["frames", "image", "sigmas", "sampler", "stream"]
         assert {i.id: i.default for i in schema.inputs if i.id in ("frames_to_add", "seed")} == \
             {"frames_to_add": 90, "seed": 33}
 
@@ -76,7 +76,21 @@ def test_bad_video_input_is_named_before_any_model_is_requested(svd_nodes, n, h,
     # the loaders (lazy inputs) are never requested for it, and execute raises it at once
     assert node.check_lazy_status(frames=video, frames_to_add=18, image=img) == []
     with pytest.raises(ValueError, match="frames|image"):
-        node.execute(None, None, None, None, video, 18, 33, image=img)
+        node.execute(None, None, None, None, 18, 33, frames=video, image=img)
+
+
+def test_frames_or_a_streamingsvd_stream_not_both_not_neither(svd_nodes):
+    types = import_pack("nodes.types")
+    node = svd_nodes.StreamingSVDExtend
+    video = frames(25)
+    t2v_stream = types.StreamState(chunks=(video,))
+    with pytest.raises(ValueError, match="frames / stream: both are connected"):
+        node.execute(None, None, None, None, 18, 33, frames=video, stream=t2v_stream)
+    with pytest.raises(ValueError, match="frames: connect the video to extend"):
+        node.execute(None, None, None, None, 18, 33)
+    with pytest.raises(ValueError, match="stream: not a StreamingSVD stream"):
+        node.execute(None, None, None, None, 18, 33, stream=t2v_stream)
+    assert node.check_lazy_status(frames_to_add=18, stream=t2v_stream) == []
 
 
 def test_good_input_requests_the_models(svd_nodes):
