@@ -176,7 +176,7 @@ def test_newer_format_and_unknown_family_are_refused(tmp_path):
         read_state(path)
     write_state(path, a_state())
     _rewrite_record(path, family="somefamily")
-    with pytest.raises(StateError, match=r"'somefamily' family; this pack knows \['streamingt2v', 'streamingsvd'\]"):
+    with pytest.raises(StateError, match=r"'somefamily' family; this pack knows \['streamingsvd', 'streamingt2v'\]"):
         read_state(path)
 
 
