@@ -18,8 +18,10 @@ def node_text(entry: dict, node: str) -> str:
 @pytest.mark.compat
 def test_object_info_offers_the_memory_modes(comfy):
     info = comfy.object_info()
+    # memory was added at the end; CAMExtendChunk has gained continue_generator after it since
+    assert info["CAMExtendChunk"]["input_order"]["optional"] == ["anchor", "memory", "continue_generator"]
+    assert info["RandomizedBlendRefiner"]["input_order"]["optional"][-1] == "memory"
     for node in ("CAMExtendChunk", "RandomizedBlendRefiner"):
-        assert info[node]["input_order"]["optional"][-1] == "memory", node
         kind, spec = info[node]["input"]["optional"]["memory"]
         assert (kind, spec["options"], spec["default"]) == ("COMBO", ["auto", "max speed", "low vram"], "auto"), node
 
