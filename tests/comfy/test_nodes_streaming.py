@@ -100,7 +100,8 @@ COVERED_ELSEWHERE = {"refine_video": "tests/comfy/test_nodes_refiner.py",
                      "svd_long_video": "tests/comfy/test_svd_workflows.py",
                      "svd_continue_video": "tests/comfy/test_svd_workflows.py",
                      "svd_long_video_full": "tests/comfy/test_svd_workflows.py",
-                     "stream_step": "tests/comfy/test_resume.py"}
+                     "stream_step": "tests/comfy/test_resume.py",
+                     "svd_stream_step": "tests/comfy/test_svd_workflows.py"}
 
 
 @pytest.mark.compat

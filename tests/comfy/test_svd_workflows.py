@@ -64,6 +64,13 @@ def node_of(graph: dict, class_type: str) -> str:
     return key
 
 
+def with_pngs(graph: dict, prefix: str) -> dict:
+    """The graph with the assembled frames also saved losslessly (SaveImage), for exact comparisons."""
+    graph["90"] = {"class_type": "SaveImage", "inputs": {"images": [node_of(graph, "ChunkAssembler"), 0],
+                                                         "filename_prefix": prefix}}
+    return graph
+
+
 def test_svd_long_video_runs_to_an_mp4_of_25_plus_18_frames_per_chunk(svd_server, tmp_path):
     client = ComfyClient(svd_server.url)
     graph = tiny("svd_long_video", frames_to_add=20, prefix="video/svd_long")  # 20 -> 2 chunks of 18
@@ -188,3 +195,31 @@ def test_svd_long_video_full_streams_and_enhances_without_the_interpolation_pack
     info = read_video_info(the_mp4(ComfyClient(svd_server.url), entry, tmp_path))
     assert (info.frames, info.width, info.height) == (25 + 18, 32, 16)
     assert abs(info.fps - 24.0) < 1e-6
+
+
+@pytest.mark.resume
+def test_svd_stream_step_continues_a_saved_stream_bit_for_bit(svd_server, tmp_path):
+    """svd_continue_video for 2 chunks == svd_continue_video for 1 chunk + Save Stream State, then the shipped
+    step workflow (Load Stream State (StreamingSVD) -> StreamingSVD Extend -> Save Stream State) for 1 more:
+    the same frames, PNG for PNG (another seed in the step: the stream's generator goes on). The stream starts
+    from a loaded video, not from core's first SVD chunk: core's VAE Decode splits a batch by free memory and
+    SVD's temporal decoder treats each call as one clip, so that chunk can differ between two runs."""
+    from tests.support.graphs import saved_frames
+
+    client = ComfyClient(svd_server.url)
+    whole = with_pngs(tiny("svd_continue_video", 36, "video/svd_whole"), "frames/svd_whole")
+    whole = saved_frames(client, run_ok(client, whole), tmp_path / "whole")
+    first = with_pngs(tiny("svd_continue_video", 18, "video/svd_first"), "frames/svd_first")
+    first["91"] = {"class_type": "SaveStreamState", "inputs": {
+        "stream": [node_of(first, "StreamingSVDExtend"), 0], "filename_prefix": "stream_state/svd_test",
+        "include_frames": False}}
+    entry = run_ok(client, first)
+    a = saved_frames(client, entry, tmp_path / "a")
+    (saved,) = entry["outputs"]["91"]["stream_states"]
+    step = tiny("svd_stream_step")
+    step[node_of(step, "LoadStreamingSVDState")]["inputs"]["state"] = f"{saved['subfolder']}/{saved['filename']} [output]"
+    step[node_of(step, "StreamingSVDExtend")]["inputs"]["seed"] = 4242
+    step[node_of(step, "SaveImage")]["inputs"]["filename_prefix"] = "frames/svd_step"
+    b = saved_frames(client, run_ok(client, step), tmp_path / "b")
+    assert (a.shape[0], b.shape[0], whole.shape[0]) == (CONTINUE_FRAMES + 18, 18, CONTINUE_FRAMES + 36)
+    assert np.array_equal(np.concatenate([a, b]), whole)
