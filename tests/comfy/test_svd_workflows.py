@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.comfy_client import ComfyClient, messages, output_files, read_video_info, status_str
 from tests.support.graphs import WORKFLOWS, failed_before_work, fast, no_new_output, run_ok, the_mp4, \
-    write_input_video  # noqa: F401 (fixture)
+    saved_frames, write_input_video  # noqa: F401 (fixture)
 
 # real-server tests (marker comfy, by folder), not oracle ones: `-m svd_oracle` stays under its 6-minute budget
 
@@ -83,18 +83,21 @@ def test_svd_long_video_runs_to_an_mp4_of_25_plus_18_frames_per_chunk(svd_server
     assert "SVD image: frame 6 of the 25 input frames" in text and "video: 25 -> 61 frames" in text
 
 
-def test_svd_continue_video_extends_a_loaded_video(svd_server, tmp_path):
-    client = ComfyClient(svd_server.url)
-    graph = tiny("svd_continue_video", prefix="video/svd_continued")
-    extend = node_of(graph, "StreamingSVDExtend")
-    graph["90"] = {"class_type": "SaveImage", "inputs": {"images": [extend, 1], "filename_prefix": "frames/svd_cont"}}
-    entry = run_ok(client, graph)
-    info = read_video_info(the_mp4(client, entry, tmp_path))
-    assert (info.frames, info.width, info.height) == (CONTINUE_FRAMES + 18, WIDTH, HEIGHT)
-    from PIL import Image
+@pytest.fixture(scope="module")
+def continued(svd_server, tmp_path_factory):
+    """svd_continue_video for 1 chunk, its frames also as PNGs and its stream state saved: the history entry."""
+    graph = with_pngs(tiny("svd_continue_video", prefix="video/svd_continued"), "frames/svd_cont")
+    graph["91"] = {"class_type": "SaveStreamState", "inputs": {
+        "stream": [node_of(graph, "StreamingSVDExtend"), 0], "filename_prefix": "stream_state/svd_test",
+        "include_frames": False}}
+    return run_ok(ComfyClient(svd_server.url), graph)
 
-    pngs = sorted(p for p in client.download_outputs(entry, tmp_path / "png") if p.suffix == ".png")
-    frames = np.stack([np.asarray(Image.open(p).convert("RGB")).astype(int) for p in pngs])
+
+def test_svd_continue_video_extends_a_loaded_video(svd_server, continued, tmp_path):
+    client = ComfyClient(svd_server.url)
+    info = read_video_info(the_mp4(client, continued, tmp_path))
+    assert (info.frames, info.width, info.height) == (CONTINUE_FRAMES + 18, WIDTH, HEIGHT)
+    frames = saved_frames(client, continued, tmp_path / "png").astype(int)
     assert frames.shape == (CONTINUE_FRAMES + 18, HEIGHT, WIDTH, 3)
     assert np.abs(frames[CONTINUE_FRAMES:] - frames[CONTINUE_FRAMES - 1]).mean() > 1  # new frames, not copies
 
@@ -198,24 +201,17 @@ def test_svd_long_video_full_streams_and_enhances_without_the_interpolation_pack
 
 
 @pytest.mark.resume
-def test_svd_stream_step_continues_a_saved_stream_bit_for_bit(svd_server, tmp_path):
-    """svd_continue_video for 2 chunks == svd_continue_video for 1 chunk + Save Stream State, then the shipped
-    step workflow (Load Stream State (StreamingSVD) -> StreamingSVD Extend -> Save Stream State) for 1 more:
-    the same frames, PNG for PNG (another seed in the step: the stream's generator goes on). The stream starts
-    from a loaded video, not from core's first SVD chunk: core's VAE Decode splits a batch by free memory and
-    SVD's temporal decoder treats each call as one clip, so that chunk can differ between two runs."""
-    from tests.support.graphs import saved_frames
-
+def test_svd_stream_step_continues_a_saved_stream_bit_for_bit(svd_server, continued, tmp_path):
+    """svd_continue_video for 2 chunks == svd_continue_video for 1 chunk + Save Stream State (the `continued` run),
+    then the shipped step workflow (Load Stream State (StreamingSVD) -> StreamingSVD Extend -> Save Stream State)
+    for 1 more: the same frames, PNG for PNG (another seed in the step: the stream's generator goes on). The
+    stream starts from a loaded video, not from core's first SVD chunk: core's VAE Decode splits a batch by free
+    memory and SVD's temporal decoder treats each call as one clip, so that chunk can differ between two runs."""
     client = ComfyClient(svd_server.url)
     whole = with_pngs(tiny("svd_continue_video", 36, "video/svd_whole"), "frames/svd_whole")
     whole = saved_frames(client, run_ok(client, whole), tmp_path / "whole")
-    first = with_pngs(tiny("svd_continue_video", 18, "video/svd_first"), "frames/svd_first")
-    first["91"] = {"class_type": "SaveStreamState", "inputs": {
-        "stream": [node_of(first, "StreamingSVDExtend"), 0], "filename_prefix": "stream_state/svd_test",
-        "include_frames": False}}
-    entry = run_ok(client, first)
-    a = saved_frames(client, entry, tmp_path / "a")
-    (saved,) = entry["outputs"]["91"]["stream_states"]
+    a = saved_frames(client, continued, tmp_path / "a")
+    (saved,) = continued["outputs"]["91"]["stream_states"]
     step = tiny("svd_stream_step")
     step[node_of(step, "LoadStreamingSVDState")]["inputs"]["state"] = f"{saved['subfolder']}/{saved['filename']} [output]"
     step[node_of(step, "StreamingSVDExtend")]["inputs"]["seed"] = 4242
