@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: builds the local environment if needed (tools/bootstrap.sh), then runs every test:
 # unit (CPU, tiny models), comfy (a real headless ComfyUI with the pack linked in) and browser (the real
-# ComfyUI frontend in headless Chromium). Extra arguments go to pytest, e.g. `bash tools/test.sh tests/unit`.
+# ComfyUI frontend in headless Chromium), as two pytest processes side by side (tests/comfy + tests/browser;
+# the other folders). Extra arguments go to one pytest process instead, e.g. `bash tools/test.sh tests/unit`.
 #
 # `bash tools/test.sh --comfy033` runs the second leg alone: the compatibility tests (marker `compat`, in tests/comfy,
 # tests/browser and tests/oracle) against
@@ -31,7 +32,8 @@ else
   bash tools/bootstrap.sh || { echo "test.sh: tools/bootstrap.sh failed" >&2; exit 1; }
   VPY="$ROOT/.venv/bin/python"
   LOG=out/pytest.log
-  [ $# -eq 0 ] && set -- tests
+  SPLIT=0
+  [ $# -eq 0 ] && { SPLIT=1; set -- tests; }
 fi
 # tests/comfy/test_harness.py checks that the server is the ComfyUI this leg means (unless another is chosen)
 if [ "$LEG" = 0.33.0 ] || [ -z "${COMFYUI_PATH:-}${STREAMINGT2V_COMFY:-}" ]; then
@@ -39,15 +41,52 @@ if [ "$LEG" = 0.33.0 ] || [ -z "${COMFYUI_PATH:-}${STREAMINGT2V_COMFY:-}" ]; the
 fi
 # Two shared cores: one OpenMP thread per process keeps small forwards fast (see the CI recipe).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+tag="TESTS"; [ "$LEG" = 0.33.0 ] && tag="TESTS (ComfyUI 0.33.0)"
+
+summary_of() {  # the last pytest summary line of a log
+  grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$1" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//'
+}
+verdict() {  # tag, rc, seconds, log, pytest arguments...: one line, and the rc to exit with
+  local t=$1 r=$2 s=$3 log=$4; shift 4
+  local sum; sum="$(summary_of "$log")"
+  case $r in
+    0) echo "$t PASSED: ${sum:-?} (pytest ${s} s)";;
+    5) echo "$t FAILED: pytest collected no tests (exit 5) from: $*"; r=1;;
+    *) echo "$t FAILED: ${sum:-pytest exit $r} (pytest exit $r, ${s} s; log: $log)";;
+  esac
+  return $r
+}
+
 start=$(date +%s)
+if [ "${SPLIT:-0}" = 1 ]; then
+  # The whole suite as two pytest processes side by side (each is single-threaded; the machine has two
+  # cores): the real-server and browser tests in one, every other test folder (unit, oracle) in the other.
+  CORE=()
+  for d in tests/*/; do
+    case "$(basename "$d")" in comfy|browser|support|data|__pycache__) ;; *) CORE+=("${d%/}");; esac
+  done
+  for f in tests/test_*.py; do [ -e "$f" ] && CORE+=("$f"); done
+  CORE_LOG=out/pytest-core.log
+  ( "$VPY" -m pytest -q -rfEs --durations=15 "${CORE[@]}" > "$CORE_LOG" 2>&1; echo $? > out/.pytest-core.rc ) &
+  core_pid=$!
+  "$VPY" -m pytest -q -rfEs --durations=15 tests/comfy tests/browser 2>&1 | tee "$LOG"
+  rc=${PIPESTATUS[0]}
+  secs=$(( $(date +%s) - start ))
+  wait $core_pid
+  rc_core=$(cat out/.pytest-core.rc 2>/dev/null || echo 1)
+  secs_core=$(( $(date +%s) - start ))
+  echo "=== the other half (${CORE[*]}), run beside it: $CORE_LOG"
+  cat "$CORE_LOG"
+  verdict "$tag (tests/comfy tests/browser)" "$rc" "$secs" "$LOG" tests/comfy tests/browser; rc=$?
+  verdict "$tag (${CORE[*]})" "$rc_core" "$secs_core" "$CORE_LOG" "${CORE[@]}"; rc_core=$?
+  total=$(( $(date +%s) - start ))
+  if [ $rc -eq 0 ] && [ $rc_core -eq 0 ]; then
+    echo "$tag PASSED: both halves (${total} s)"; exit 0
+  fi
+  echo "$tag FAILED (${total} s)"; exit 1
+fi
 "$VPY" -m pytest -q -rfEs --durations=15 "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 secs=$(( $(date +%s) - start ))
-summary="$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$LOG" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')"
-tag="TESTS"; [ "$LEG" = 0.33.0 ] && tag="TESTS (ComfyUI 0.33.0)"
-case $rc in
-  0) echo "$tag PASSED: ${summary:-?} (pytest ${secs} s)";;
-  5) echo "$tag FAILED: pytest collected no tests (exit 5) from: $*"; rc=1;;
-  *) echo "$tag FAILED: ${summary:-pytest exit $rc} (pytest exit $rc, ${secs} s; log: $LOG)";;
-esac
-exit $rc
+verdict "$tag" "$rc" "$secs" "$LOG" "$@"
+exit $?

@@ -86,8 +86,11 @@ def tiny_checkpoint_path() -> Path:
         state = regenerate(read_manifest(ORACLE / "tiny_manifest.tsv"))
         digest = content_hash(state)
         assert digest == TINY_HASH, f"tiny weights differ from the oracle's: {digest}"
-        save_file(state, str(path) + ".tmp")
-        os.replace(str(path) + ".tmp", path)
+        tmp = f"{path}.{os.getpid()}.tmp"  # the test processes of one run may build it side by side
+        save_file(state, tmp)
+        os.replace(tmp, path)
         stamp.write_text(digest)
-    shutil.copyfile(ORACLE / "tiny_config.json", CACHE / "tiny_streamingt2v.json")
+    config = CACHE / "tiny_streamingt2v.json"
+    shutil.copyfile(ORACLE / "tiny_config.json", f"{config}.{os.getpid()}.tmp")
+    os.replace(f"{config}.{os.getpid()}.tmp", config)
     return path
