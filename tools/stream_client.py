@@ -1,11 +1,14 @@
-"""Drive a long StreamingT2V video through one or more ComfyUI servers, one step (N chunks) per prompt.
+"""Drive a long StreamingT2V or StreamingSVD video through one or more ComfyUI servers, one step (N chunks) per prompt.
 
     python tools/stream_client.py --server http://127.0.0.1:8188 [--server URL ...] \\
         --prompt "A cat running on the street" [--prompt "…next chunks…"] --chunks 149 --out video.mp4
+    python tools/stream_client.py --family streamingsvd --server URL [--server URL ...] \\
+        --image input.png --chunks 5 --out video.mp4
 
 Each step is workflows/stream_step_api.json (Load Stream State -> CAM Extend -> Save Stream State, the new
 frames saved as PNGs) queued with stock `POST /prompt`; step 0 starts the stream from text (or from
---init-state). The client keeps the last good state and every finished segment in --work: when a server
+--init-state). A StreamingSVD video's steps are workflows/svd_stream_step_api.json, and its step 0 is
+svd_long_video's first chunk from --image (core's SVD nodes) with the step's chunks. The client keeps the last good state and every finished segment in --work: when a server
 dies or answers with an error, the step runs again on another server from that state (uploaded to its
 input folder), and the frames equal one uninterrupted run. A run stopped by Ctrl-C (or a crash of the
 client) continues from --work when started again with the same arguments. At the end the segments are
@@ -34,6 +37,8 @@ from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_WORKFLOW = REPO / "workflows" / "stream_step_api.json"
+SVD_STEP_WORKFLOW = REPO / "workflows" / "svd_stream_step_api.json"
+SVD_FIRST_WORKFLOW = REPO / "workflows" / "svd_long_video_api.json"
 FINISHED = ("execution_success", "execution_error", "execution_interrupted")
 X264 = {"crf": "18", "x264-params": "mbtree=0:rc-lookahead=0"}
 NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, socket.timeout, OSError)
@@ -47,13 +52,28 @@ class StepFailed(Exception):
     """The server answered, but the step did not finish (an error in the graph or the node)."""
 
 
-@dataclass
-class Job:
-    prompts: list  # the prompt of each chunk: i for chunk i, the last carries on
-    chunks: int  # CAM chunks after the first chunk
-    negative_prompt: str = ""
+@dataclass(kw_only=True)
+class Stepping:
+    """What a video's steps are, whatever the model family: chunks after the first chunk, grouped into
+    steps of `chunks_per_step` (one prompt each), one seed for the whole stream."""
+    chunks: int  # chunks after the first chunk
     chunks_per_step: int = 1
     seed: int = 33
+    init_state: Optional[str] = None  # start from this state file (step 0 then is a plain step)
+    step_timeout: float = 3600.0
+
+    def num_steps(self) -> int:
+        return -(-self.chunks // self.chunks_per_step)
+
+    def step_chunks(self, k: int) -> range:
+        return range(k * self.chunks_per_step, min((k + 1) * self.chunks_per_step, self.chunks))
+
+
+@dataclass(kw_only=True)
+class Job(Stepping):
+    """A StreamingT2V video: a prompt per chunk, 8 new frames per CAM chunk."""
+    prompts: list  # the prompt of each chunk: i for chunk i, the last carries on
+    negative_prompt: str = ""
     steps: int = 50
     guidance: float = 7.5
     eta: float = 1.0
@@ -64,9 +84,7 @@ class Job:
     t2v_unet: str = "text-to-video-ms-1.7b/unet/diffusion_pytorch_model.safetensors"
     init_steps: int = 50
     init_guidance: float = 9.0
-    init_state: Optional[str] = None  # start from this state file instead of text (step 0 then is a CAM step)
     fps: float = 8.0
-    step_timeout: float = 3600.0
 
     def problems(self) -> list:
         out = []
@@ -82,11 +100,65 @@ class Job:
     def chunk_prompt(self, i: int) -> str:
         return self.prompts[min(i, len(self.prompts) - 1)]
 
-    def num_steps(self) -> int:
-        return -(-self.chunks // self.chunks_per_step)
+    def graph(self, run_id: str, k: int, state_name: Optional[str], upload: Callable) -> dict:
+        """The API prompt of step k (`upload(path)` puts a file of this job in the server's input folder)."""
+        return step_graph(json.loads(STEP_WORKFLOW.read_text()), self, run_id, k, state_name)
 
-    def step_chunks(self, k: int) -> range:
-        return range(k * self.chunks_per_step, min((k + 1) * self.chunks_per_step, self.chunks))
+
+@dataclass(kw_only=True)
+class SVDJob(Stepping):
+    """A StreamingSVD video: an image, then CAM chunks of 25 frames that keep 18 new frames each (no text)."""
+    image: Optional[str] = None  # the input image on this machine (step 0 without --init-state)
+    steps: int = 30  # per CAM chunk (StreamingSVD Sigmas)
+    model: str = "StreamingSVD/model.safetensors"  # SVD-XT with the CAM: models/checkpoints
+    cam: str = "StreamingSVD/model.safetensors"  # the CAM: the same file or a CAM file in models/streamingsvd
+    new_frames_per_chunk: int = 18
+    init_steps: int = 25  # the first chunk (core's KSampler, as svd_long_video)
+    init_guidance: float = 3.0
+    width: int = 1024
+    height: int = 576
+    fps: float = 12.0  # the official plays 100 raw frames interpolated to 200 at 24 fps
+
+    def problems(self) -> list:
+        out = []
+        if self.chunks < 1 or self.chunks_per_step < 1:
+            out.append("--chunks and --chunks-per-step must be at least 1")
+        if self.init_state is None and (self.image is None or not Path(self.image).is_file()):
+            out.append(f"--image: {self.image!r} is not a file: give the input image (or --init-state)")
+        if self.width % 64 or self.height % 64:
+            out.append(f"--width/--height: {self.width}x{self.height}: both must be multiples of 64 (1024x576 "
+                       "is the official size)")
+        return out
+
+    def graph(self, run_id: str, k: int, state_name: Optional[str], upload: Callable) -> dict:
+        if state_name is not None:
+            g = _plain(json.loads(SVD_STEP_WORKFLOW.read_text()))
+            g[find_node(g, "LoadStreamingSVDState")]["inputs"]["state"] = state_name
+        else:  # step 0: svd_long_video up to its extend node, the image uploaded
+            g = _plain(json.loads(SVD_FIRST_WORKFLOW.read_text()))
+            for drop in ("ChunkAssembler", "SaveVideo"):
+                del g[find_node(g, drop)]
+            g[find_node(g, "LoadImage")]["inputs"]["image"] = upload(Path(self.image))
+            g[find_node(g, "SVD_img2vid_Conditioning")]["inputs"].update(width=self.width, height=self.height)
+            g[find_node(g, "KSampler")]["inputs"].update(seed=self.seed, steps=self.init_steps,
+                                                         cfg=self.init_guidance)
+            extend = find_node(g, "StreamingSVDExtend")
+            g["save_state"] = {"class_type": "SaveStreamState", "inputs": {"stream": [extend, 0]}}
+            g["save_frames"] = {"class_type": "SaveImage", "inputs": {"images": ["save_state", 0]}}
+        g[find_node(g, "ImageOnlyCheckpointLoader")]["inputs"]["ckpt_name"] = self.model
+        g[find_node(g, "LoadStreamingSVDCAM")]["inputs"]["cam_name"] = self.cam
+        g[find_node(g, "StreamingSVDSigmas")]["inputs"]["steps"] = self.steps
+        g[find_node(g, "StreamingSVDExtend")]["inputs"].update(
+            frames_to_add=len(self.step_chunks(k)) * self.new_frames_per_chunk, seed=self.seed)
+        g[find_node(g, "SaveStreamState")]["inputs"].update(filename_prefix=f"stream_states/{run_id}/step_{k:05}",
+                                                            include_frames=False)
+        g[find_node(g, "SaveImage")]["inputs"]["filename_prefix"] = f"stream_segments/{run_id}/seg_{k:05}"
+        return g
+
+
+def _plain(template: dict) -> dict:
+    """An API workflow without its `_meta` titles (a prompt needs only class types and inputs)."""
+    return {i: {kk: vv for kk, vv in n.items() if kk != "_meta"} for i, n in copy.deepcopy(template).items()}
 
 
 class Server:
@@ -211,7 +283,7 @@ def find_node(graph: dict, class_type: str) -> str:
 def step_graph(template: dict, job: Job, run_id: str, k: int, state_name: Optional[str]) -> dict:
     """The API prompt of step k: its chunks' prompts and the job's settings in the step workflow; with
     `state_name` None (step 0 of a text start) the Load State node becomes the text init."""
-    g = {i: {kk: vv for kk, vv in n.items() if kk != "_meta"} for i, n in copy.deepcopy(template).items()}
+    g = _plain(template)
     model, load, cam = find_node(g, "LoadStreamingT2V"), find_node(g, "LoadStreamState"), find_node(g, "CAMExtendChunk")
     save, seg = find_node(g, "SaveStreamState"), find_node(g, "SaveImage")
     g[model]["inputs"].update(ckpt_name=job.model, dtype=job.dtype)
@@ -248,7 +320,6 @@ class StreamRun:
     work: Path
     on_progress: Callable = field(default=lambda step, server, value, total: None)
     log: Callable = field(default=lambda msg: print(msg, flush=True))
-    template: dict = field(default_factory=lambda: json.loads(STEP_WORKFLOW.read_text()))
 
     def __post_init__(self):
         problems = self.job.problems()
@@ -330,7 +401,10 @@ class StreamRun:
                                              f"stream_states/{self.run_id}")
         else:
             state_name = None
-        graph = step_graph(self.template, self.job, self.run_id, k, state_name)
+        def upload(path: Path) -> str:
+            return server.upload_input(path.read_bytes(), path.name, f"stream_inputs/{self.run_id}")
+
+        graph = self.job.graph(self.run_id, k, state_name, upload)
         self.log(f"step {k}/{self.job.num_steps()}: chunks {list(self.job.step_chunks(k))} on {server.url}")
         entry = server.run(graph, lambda s, v, m: self.on_progress(k, s, v, m), self.job.step_timeout)
         save, seg = find_node(graph, "SaveStreamState"), find_node(graph, "SaveImage")
@@ -397,23 +471,45 @@ def concatenate(segments: list, out: Path, fps: float) -> Path:
     return out
 
 
+FAMILIES = {"streamingt2v": Job, "streamingsvd": SVDJob}
+
+
 def main(argv=None) -> int:
+    from dataclasses import fields
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--server", action="append", required=True, help="A ComfyUI URL (repeat for more servers).")
-    p.add_argument("--prompt", action="append", required=True,
-                   help="The prompt of the next chunk (repeat: one per chunk, the last carries on).")
-    p.add_argument("--chunks", type=int, required=True, help="CAM chunks after the first chunk (8 new frames each).")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="streamingt2v", help="default: streamingt2v")
+    p.add_argument("--prompt", action="append", help="StreamingT2V: the prompt of the next chunk (repeat: one per "
+                   "chunk, the last carries on).")
+    p.add_argument("--chunks", type=int, required=True, help="CAM chunks after the first chunk (StreamingT2V: 8 new "
+                   "frames each, StreamingSVD: 18).")
     p.add_argument("--out", required=True, help="The final mp4.")
     p.add_argument("--work", help="Where states and segments are kept (default: OUT without .mp4 + '_work').")
-    d = Job(prompts=[""], chunks=1)
-    for name in ("negative_prompt", "chunks_per_step", "seed", "steps", "guidance", "eta", "model", "dtype", "memory",
-                 "new_frames_per_chunk", "t2v_unet", "init_steps", "init_guidance", "init_state", "fps",
-                 "step_timeout"):
-        value = getattr(d, name)
-        p.add_argument("--" + name.replace("_", "-"), type=type(value) if value is not None else str, default=value,
-                       help=f"default: {value}")
+    seen = {"chunks", "prompts"}
+    for cls in FAMILIES.values():  # every other field of either job, default None: the family's own default
+        for f in fields(cls):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            kind = f.type if f.type in ("int", "float", "str") else "str"
+            p.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float}.get(kind, str),
+                           help=" / ".join(f"{name}: {getattr(c, f.name)}" for name, c in FAMILIES.items()
+                                           if f.name in c.__dataclass_fields__ and
+                                           not callable(getattr(c, f.name, None))))
     a = p.parse_args(argv)
-    job = Job(**{k: getattr(a, k) for k in asdict(d) if k not in ("prompts",)} | {"prompts": a.prompt})
+    cls = FAMILIES[a.family]
+    given = {f.name: getattr(a, f.name) for f in fields(cls) if f.name not in ("chunks", "prompts")
+             and getattr(a, f.name) is not None}
+    if cls is Job:
+        if not a.prompt:
+            p.error("--prompt: StreamingT2V needs at least one prompt")
+        given["prompts"] = a.prompt
+    elif a.prompt:
+        p.error("--prompt: StreamingSVD has no text; give --image")
+    job = cls(chunks=a.chunks, **given)
+    if job.problems():
+        p.error("; ".join(job.problems()))
     out = Path(a.out)
     work = Path(a.work) if a.work else out.with_name(out.stem + "_work")
 

@@ -200,16 +200,22 @@ def test_svd_long_video_full_streams_and_enhances_without_the_interpolation_pack
     assert abs(info.fps - 24.0) < 1e-6
 
 
+@pytest.fixture(scope="module")
+def two_chunks(svd_server, tmp_path_factory):
+    """svd_continue_video for 2 chunks in one prompt: its PNG frames (the reference of the resume tests)."""
+    graph = with_pngs(tiny("svd_continue_video", 36, "video/svd_whole"), "frames/svd_whole")
+    client = ComfyClient(svd_server.url)
+    return saved_frames(client, run_ok(client, graph), tmp_path_factory.mktemp("svd_whole"))
+
+
 @pytest.mark.resume
-def test_svd_stream_step_continues_a_saved_stream_bit_for_bit(svd_server, continued, tmp_path):
+def test_svd_stream_step_continues_a_saved_stream_bit_for_bit(svd_server, continued, two_chunks, tmp_path):
     """svd_continue_video for 2 chunks == svd_continue_video for 1 chunk + Save Stream State (the `continued` run),
     then the shipped step workflow (Load Stream State (StreamingSVD) -> StreamingSVD Extend -> Save Stream State)
     for 1 more: the same frames, PNG for PNG (another seed in the step: the stream's generator goes on). The
     stream starts from a loaded video, not from core's first SVD chunk: core's VAE Decode splits a batch by free
     memory and SVD's temporal decoder treats each call as one clip, so that chunk can differ between two runs."""
     client = ComfyClient(svd_server.url)
-    whole = with_pngs(tiny("svd_continue_video", 36, "video/svd_whole"), "frames/svd_whole")
-    whole = saved_frames(client, run_ok(client, whole), tmp_path / "whole")
     a = saved_frames(client, continued, tmp_path / "a")
     (saved,) = continued["outputs"]["91"]["stream_states"]
     step = tiny("svd_stream_step")
@@ -217,5 +223,48 @@ def test_svd_stream_step_continues_a_saved_stream_bit_for_bit(svd_server, contin
     step[node_of(step, "StreamingSVDExtend")]["inputs"]["seed"] = 4242
     step[node_of(step, "SaveImage")]["inputs"]["filename_prefix"] = "frames/svd_step"
     b = saved_frames(client, run_ok(client, step), tmp_path / "b")
-    assert (a.shape[0], b.shape[0], whole.shape[0]) == (CONTINUE_FRAMES + 18, 18, CONTINUE_FRAMES + 36)
-    assert np.array_equal(np.concatenate([a, b]), whole)
+    assert (a.shape[0], b.shape[0], two_chunks.shape[0]) == (CONTINUE_FRAMES + 18, 18, CONTINUE_FRAMES + 36)
+    assert np.array_equal(np.concatenate([a, b]), two_chunks)
+
+
+def tiny_svd_job(**settings):
+    """tools/stream_client.py's StreamingSVD job on the tiny checkpoint (its test-only loader) at 128x64."""
+    import sys
+
+    sys.path.insert(0, str(WORKFLOWS.parent / "tools"))
+    import stream_client
+
+    class TinySVDJob(stream_client.SVDJob):
+        def graph(self, *args):
+            g = super().graph(*args)
+            for node in g.values():
+                if node["class_type"] == "ImageOnlyCheckpointLoader":
+                    node["class_type"] = "TinySVDCheckpointLoader"
+            return g
+
+    return stream_client, TinySVDJob(model=CKPT, cam=CKPT, steps=2, init_steps=2, width=WIDTH, height=HEIGHT,
+                                     **settings)
+
+
+@pytest.mark.resume
+def test_the_client_drives_a_streamingsvd_video_from_an_image_and_from_a_state(svd_server, continued, two_chunks,
+                                                                              tmp_path):
+    """tools/stream_client.py --family streamingsvd: from an image, step 0 is the first chunk by core's SVD nodes
+    plus one CAM chunk (25 + 18 frames, 12 fps); from a saved state, its step equals the uninterrupted run."""
+    client_module, job = tiny_svd_job(image=str(svd_server.input_dir / EXAMPLE_IMAGE), chunks=1)
+    logs = []
+    mp4 = client_module.StreamRun(job, [svd_server.url], tmp_path / "img", log=logs.append).run(tmp_path / "img.mp4")
+    assert [line.split(" on ")[0] for line in logs] == ["step 0/1: chunks [0]"]
+    assert len(list((tmp_path / "img" / "seg_00000").glob("*.png"))) == 25 + 18
+    info = read_video_info(mp4)
+    assert (info.frames, info.width, info.height) == (25 + 18, WIDTH, HEIGHT) and abs(info.fps - 12.0) < 1e-6
+
+    (saved,) = continued["outputs"]["91"]["stream_states"]
+    state = svd_server.output_dir / saved["subfolder"] / saved["filename"]
+    _, job = tiny_svd_job(init_state=str(state), chunks=1, seed=4242)
+    client_module.StreamRun(job, [svd_server.url], tmp_path / "state", log=logs.append).run(tmp_path / "state.mp4")
+    from PIL import Image
+
+    pngs = sorted((tmp_path / "state" / "seg_00000").glob("*.png"))
+    step = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
+    assert np.array_equal(step, two_chunks[CONTINUE_FRAMES + 18:])
