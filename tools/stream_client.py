@@ -62,6 +62,10 @@ class Stepping:
     init_state: Optional[str] = None  # start from this state file (step 0 then is a plain step)
     step_timeout: float = 3600.0
 
+    def problems(self) -> list:
+        return [] if self.chunks >= 1 and self.chunks_per_step >= 1 else [
+            "--chunks and --chunks-per-step must be at least 1"]
+
     def num_steps(self) -> int:
         return -(-self.chunks // self.chunks_per_step)
 
@@ -87,14 +91,12 @@ class Job(Stepping):
     fps: float = 8.0
 
     def problems(self) -> list:
-        out = []
+        out = super().problems()
         if not self.prompts:
             out.append("--prompt: give at least one prompt")
         for p in self.prompts:
             if not p.strip() or "\n" in p:
                 out.append(f"--prompt: {p!r}: each prompt is one non-empty line (one prompt per chunk)")
-        if self.chunks < 1 or self.chunks_per_step < 1:
-            out.append("--chunks and --chunks-per-step must be at least 1")
         return out
 
     def chunk_prompt(self, i: int) -> str:
@@ -120,9 +122,7 @@ class SVDJob(Stepping):
     fps: float = 12.0  # the official plays 100 raw frames interpolated to 200 at 24 fps
 
     def problems(self) -> list:
-        out = []
-        if self.chunks < 1 or self.chunks_per_step < 1:
-            out.append("--chunks and --chunks-per-step must be at least 1")
+        out = super().problems()
         if self.init_state is None and (self.image is None or not Path(self.image).is_file()):
             out.append(f"--image: {self.image!r} is not a file: give the input image (or --init-state)")
         if self.width % 64 or self.height % 64:
@@ -401,6 +401,7 @@ class StreamRun:
                                              f"stream_states/{self.run_id}")
         else:
             state_name = None
+
         def upload(path: Path) -> str:
             return server.upload_input(path.read_bytes(), path.name, f"stream_inputs/{self.run_id}")
 
@@ -492,8 +493,7 @@ def main(argv=None) -> int:
             if f.name in seen:
                 continue
             seen.add(f.name)
-            kind = f.type if f.type in ("int", "float", "str") else "str"
-            p.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float}.get(kind, str),
+            p.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float}.get(f.type, str),
                            help=" / ".join(f"{name}: {getattr(c, f.name)}" for name, c in FAMILIES.items()
                                            if f.name in c.__dataclass_fields__ and
                                            not callable(getattr(c, f.name, None))))

@@ -33,7 +33,7 @@ else
   VPY="$ROOT/.venv/bin/python"
   LOG=out/pytest.log
   SPLIT=0
-  [ $# -eq 0 ] && { SPLIT=1; set -- tests; }
+  [ $# -eq 0 ] && SPLIT=1  # no arguments: the whole suite, in two halves
 fi
 # tests/comfy/test_harness.py checks that the server is the ComfyUI this leg means (unless another is chosen)
 if [ "$LEG" = 0.33.0 ] || [ -z "${COMFYUI_PATH:-}${STREAMINGT2V_COMFY:-}" ]; then

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from tests.support.comfy_client import REPO_ROOT, ComfyServer, read_video_frames, write_extra_model_paths
 from tests.support.graphs import (STEPS, TINY_SIZE, WORKFLOWS, failed_before_work, fast, rejected, run_ok,
-                                  saved_frames, stream_graph, text_to_video_graph)
+                                  saved_frames, segment_frames, stream_graph, text_to_video_graph)
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import stream_client  # noqa: E402  (tools/ is not a package)
@@ -108,13 +108,6 @@ def job() -> stream_client.Job:
                              dtype="fp32", t2v_unet="tiny_modelscope_t2v.safetensors", init_steps=STEPS)
 
 
-def segments(work) -> np.ndarray:
-    from PIL import Image
-
-    pngs = sorted(work.glob("seg_*/*.png"))
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
-
-
 def test_client_finishes_on_the_other_server_after_one_is_killed_mid_chunk(comfy_server, comfy, second_server,
                                                                            tmp_path):
     # the reference: the whole video in one prompt (text init, then 8 CAM chunks with the same prompts)
@@ -130,7 +123,7 @@ def test_client_finishes_on_the_other_server_after_one_is_killed_mid_chunk(comfy
 
     single = stream_client.StreamRun(job(), [comfy_server.url], tmp_path / "single", log=lambda m: None)
     single_mp4 = single.run(tmp_path / "single.mp4")
-    assert np.array_equal(segments(tmp_path / "single"), ref)
+    assert np.array_equal(segment_frames(tmp_path / "single"), ref)
 
     killed_at = {}
 
@@ -154,7 +147,7 @@ def test_client_finishes_on_the_other_server_after_one_is_killed_mid_chunk(comfy
     assert "died" in run.failures[0][2]
 
     # the same video as the single-server run, frame for frame, and as the one-prompt run, PNG for PNG
-    assert np.array_equal(segments(tmp_path / "two"), ref)
+    assert np.array_equal(segment_frames(tmp_path / "two"), ref)
     a, b = read_video_frames(single_mp4), read_video_frames(two_mp4)
     assert a.shape == (16 + 8 * CHUNKS, TINY_SIZE, TINY_SIZE, 3) and np.array_equal(a, b)
     # nothing half-written is left as a finished segment or state

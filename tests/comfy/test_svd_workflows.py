@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.comfy_client import ComfyClient, messages, output_files, read_video_info, status_str
 from tests.support.graphs import WORKFLOWS, failed_before_work, fast, no_new_output, run_ok, the_mp4, \
-    saved_frames, write_input_video  # noqa: F401 (fixture)
+    saved_frames, segment_frames, write_input_video  # noqa: F401 (fixture)
 
 # real-server tests (marker comfy, by folder), not oracle ones: `-m svd_oracle` stays under its 6-minute budget
 
@@ -263,8 +263,4 @@ def test_the_client_drives_a_streamingsvd_video_from_an_image_and_from_a_state(s
     state = svd_server.output_dir / saved["subfolder"] / saved["filename"]
     _, job = tiny_svd_job(init_state=str(state), chunks=1, seed=4242)
     client_module.StreamRun(job, [svd_server.url], tmp_path / "state", log=logs.append).run(tmp_path / "state.mp4")
-    from PIL import Image
-
-    pngs = sorted((tmp_path / "state" / "seg_00000").glob("*.png"))
-    step = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
-    assert np.array_equal(step, two_chunks[CONTINUE_FRAMES + 18:])
+    assert np.array_equal(segment_frames(tmp_path / "state"), two_chunks[CONTINUE_FRAMES + 18:])

@@ -134,7 +134,9 @@ def test_a_saved_and_loaded_stream_continues_bit_for_bit(loaded, ref, svd_tiny_c
     rest = more.result[0].new_frames()
     assert rest.shape == (18, 64, 128, 3) and whole.shape[0] == 61
     assert torch.equal(rest, whole[43:]), (rest - whole[43:]).abs().max()
-    # (seed 999 in the continuation: were the generator re-seeded, the frames would differ from `whole`)
+    # what a re-seeded run would give is another video
+    other = extend(frames_to_add=18, seed=999, frames=whole[:43], **common).result[1][43:]
+    assert not torch.equal(other, whole[43:])
     # another dtype of the same weights is another stream
     identity = state.saved_from_stream(part, False).model
     half = type(identity)(identity.name, identity.size, identity.hash, "fp16")

@@ -95,6 +95,13 @@ def saved_frames(client: ComfyClient, entry: dict, dest: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
 
 
+def segment_frames(work: Path) -> np.ndarray:
+    """The frames of a tools/stream_client.py work folder (its seg_*/ PNGs), in order, (T, H, W, 3) uint8."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(work).glob("seg_*/*.png"))])
+
+
 def write_input_video(path: Path, frames: int, width: int, height: int) -> None:
     import av
 
